@@ -1,0 +1,216 @@
+"""Mask2Former models: backbone → MSDeformAttn pixel decoder → masked transformer decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbone import build_backbone
+from .backbone_resnet import FrozenBatchNorm2d
+from .configuration_m2f import Mask2FormerConfig
+from .ms_deform_attn import MSDeformAttn
+from .pixel_decoder import DeformableTransformer, MSDeformAttnPixelDecoder
+from .transformer_decoder import MaskedTransformerDecoder
+
+
+@dataclass
+class Mask2FormerModelOutput(ModelOutput):
+    """Predictions of the final decoder layer plus, optionally, every auxiliary prediction.
+
+    class_queries_logits: (B, Q, K+1), last column = no-object.
+    masks_queries_logits: (B, Q, H/4, W/4) of the padded input.
+    auxiliary_logits: one dict per earlier prediction (the learnable-query one first), same keys.
+    image_sizes: (B, 2) valid (unpadded) height/width per image, from `pixel_mask` (None without it).
+    """
+
+    class_queries_logits: torch.FloatTensor | None = None
+    masks_queries_logits: torch.FloatTensor | None = None
+    auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
+    image_sizes: torch.LongTensor | None = None
+    pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
+    transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class Mask2FormerForUniversalSegmentationOutput(Mask2FormerModelOutput):
+    """`Mask2FormerModelOutput` plus the weighted total loss and every unweighted loss term."""
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.FloatTensor] | None = None
+
+
+def image_sizes_from_pixel_mask(pixel_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) validity mask (1 = image) → (B, 2) height/width of the top-left valid region."""
+    valid = pixel_mask.bool()
+    return torch.stack([valid.any(dim=2).sum(dim=1), valid.any(dim=1).sum(dim=1)], dim=1)
+
+
+class Mask2FormerPreTrainedModel(PreTrainedModel):
+    config_class = Mask2FormerConfig
+    config: Mask2FormerConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MSDeformAttnPixelDecoder", "MaskedTransformerDecoder"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original's initialisation (xavier for attention/convs, Deformable-DETR offsets)."""
+        if isinstance(module, MSDeformAttn):
+            module.reset_parameters()
+        elif isinstance(module, DeformableTransformer):
+            init.normal_(module.level_embed)
+        elif isinstance(module, MaskedTransformerDecoder):
+            for layer in (*module.transformer_self_attention_layers, *module.transformer_cross_attention_layers,
+                          *module.transformer_ffn_layers):
+                for p in layer.parameters():
+                    if p.dim() > 1:
+                        init.xavier_uniform_(p)
+        elif isinstance(module, MSDeformAttnPixelDecoder):
+            for proj in module.input_proj:
+                init.xavier_uniform_(proj[0].weight)
+                init.zeros_(proj[0].bias)
+            convs = [module.mask_features] + [
+                getattr(module, f"{kind}_{i + 1}") for i in range(module.num_fpn_levels) for kind in ("adapter", "layer")
+            ]
+            for conv in convs:  # c2_xavier_fill: kaiming_uniform with a=1
+                init.kaiming_uniform_(conv.weight, a=1)
+                if conv.bias is not None:
+                    init.zeros_(conv.bias)
+        elif isinstance(module, nn.Conv2d) and not isinstance(getattr(module, "norm", None), nn.Module):
+            init.kaiming_uniform_(module.weight, a=1)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, FrozenBatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.constant_(module.running_var, 1.0 - module.eps)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.init_std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = enable
+
+
+class Mask2FormerModel(Mask2FormerPreTrainedModel):
+    """Backbone, pixel decoder and transformer decoder; returns per-query class and mask logits."""
+
+    def __init__(self, config: Mask2FormerConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(config, self.backbone.out_channels, self.backbone.out_strides)
+        self.transformer_decoder = MaskedTransformerDecoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_auxiliary_logits: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Mask2FormerModelOutput | tuple:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = self.config.output_auxiliary_logits
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = True
+
+        features = self.backbone(pixel_values)
+        mask_features, multi_scale = self.pixel_decoder(features)
+        class_logits, mask_logits, decoder_states = self.transformer_decoder(
+            multi_scale, mask_features, output_hidden_states=output_hidden_states
+        )
+        auxiliary = None
+        if output_auxiliary_logits:
+            auxiliary = [
+                {"class_queries_logits": c, "masks_queries_logits": m}
+                for c, m in zip(class_logits[:-1], mask_logits[:-1])
+            ]
+        output = Mask2FormerModelOutput(
+            class_queries_logits=class_logits[-1],
+            masks_queries_logits=mask_logits[-1],
+            auxiliary_logits=auxiliary,
+            image_sizes=None if pixel_mask is None else image_sizes_from_pixel_mask(pixel_mask),
+            pixel_decoder_last_hidden_state=mask_features,
+            transformer_decoder_last_hidden_state=decoder_states[-1] if decoder_states else None,
+            encoder_hidden_states=tuple(features.values()) if output_hidden_states else None,
+            pixel_decoder_hidden_states=tuple(multi_scale) if output_hidden_states else None,
+            transformer_decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
+    """Mask2Former with the original training loss; one model for semantic, instance and panoptic."""
+
+    def __init__(self, config: Mask2FormerConfig):
+        super().__init__(config)
+        self.model = Mask2FormerModel(config)
+        from .criterion import Mask2FormerLoss
+
+        self.criterion = Mask2FormerLoss(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_labels: list[torch.Tensor] | None = None,
+        class_labels: list[torch.Tensor] | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_auxiliary_logits: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Mask2FormerForUniversalSegmentationOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        compute_loss = mask_labels is not None or class_labels is not None
+        if compute_loss and (mask_labels is None or class_labels is None):
+            raise ValueError("training needs both mask_labels and class_labels")
+        outputs = self.model(
+            pixel_values,
+            pixel_mask=pixel_mask,
+            output_hidden_states=output_hidden_states,
+            output_auxiliary_logits=True if compute_loss else output_auxiliary_logits,
+            return_dict=True,
+        )
+        loss = loss_dict = None
+        if compute_loss:
+            aux = outputs.auxiliary_logits if self.config.use_auxiliary_loss else None
+            loss_dict = self.criterion(
+                outputs.masks_queries_logits, outputs.class_queries_logits, mask_labels, class_labels, aux
+            )
+            loss = self.criterion.weighted_total(loss_dict)
+            if output_auxiliary_logits is False:
+                outputs.auxiliary_logits = None
+        result = Mask2FormerForUniversalSegmentationOutput(loss=loss, loss_dict=loss_dict, **outputs)
+        return result if return_dict else result.to_tuple()
+
+
+__all__ = ["Mask2FormerModel", "Mask2FormerForUniversalSegmentation", "Mask2FormerPreTrainedModel"]

@@ -1,0 +1,153 @@
+"""Multi-scale masked transformer decoder: cross-attention (masked) → self-attention → FFN per layer,
+round-robin over the 1/32, 1/16, 1/8 features, a class and mask prediction after every layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masked_attention import MultiheadAttention, attention_mask_from_logits
+from .position_encoding import SinePositionEmbedding
+
+
+class SelfAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, tgt, query_pos):
+        if self.pre_norm:
+            normed = self.norm(tgt)
+            q = normed + query_pos
+            return tgt + self.dropout(self.self_attn(q, q, normed))
+        q = tgt + query_pos
+        return self.norm(tgt + self.dropout(self.self_attn(q, q, tgt)))
+
+
+class CrossAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, tgt, memory, allowed, pos, query_pos):
+        key = memory + pos
+        if self.pre_norm:
+            normed = self.norm(tgt)
+            return tgt + self.dropout(self.multihead_attn(normed + query_pos, key, memory, allowed))
+        out = self.multihead_attn(tgt + query_pos, key, memory, allowed)
+        return self.norm(tgt + self.dropout(out))
+
+
+class FFNLayer(nn.Module):
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.pre_norm = pre_norm
+
+    def forward(self, tgt):
+        if self.pre_norm:
+            return tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(self.norm(tgt))))))
+        return self.norm(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt))))))
+
+
+class MLP(nn.Module):
+    """ReLU MLP (the mask embedding head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class MaskedTransformerDecoder(nn.Module):
+    """The original `MultiScaleMaskedTransformerDecoder` (state-dict names kept)."""
+
+    num_feature_levels = 3
+
+    def __init__(self, config):
+        super().__init__()
+        hidden, heads = config.hidden_dim, config.num_attention_heads
+        self.num_heads = heads
+        self.num_layers = config.num_decoder_layers
+        self.pe_layer = SinePositionEmbedding(hidden // 2)
+        # the original builds its decoder attention and FFN layers without dropout
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden, heads, 0.0, config.pre_norm) for _ in range(self.num_layers))
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden, heads, 0.0, config.pre_norm) for _ in range(self.num_layers))
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden, config.dim_feedforward, 0.0, config.pre_norm) for _ in range(self.num_layers))
+        self.decoder_norm = nn.LayerNorm(hidden)
+        self.query_feat = nn.Embedding(config.num_queries, hidden)
+        self.query_embed = nn.Embedding(config.num_queries, hidden)
+        self.level_embed = nn.Embedding(self.num_feature_levels, hidden)
+        in_channels = config.feature_size
+        self.input_proj = nn.ModuleList(
+            nn.Conv2d(in_channels, hidden, kernel_size=1)
+            if in_channels != hidden or config.enforce_input_projection else nn.Sequential()
+            for _ in range(self.num_feature_levels)
+        )
+        self.class_embed = nn.Linear(hidden, config.num_labels + 1)
+        self.mask_embed = MLP(hidden, hidden, config.mask_feature_size, 3)
+        self.gradient_checkpointing = False
+
+    def prediction_heads(self, output, mask_features, attn_size):
+        """Class logits, mask logits and the next layer's attention mask from the current queries."""
+        decoded = self.decoder_norm(output)
+        class_logits = self.class_embed(decoded)
+        mask_embed = self.mask_embed(decoded)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        return class_logits, mask_logits, attention_mask_from_logits(mask_logits, attn_size), decoded
+
+    def _layer(self, i, output, src, pos, query_pos, allowed):
+        output = self.transformer_cross_attention_layers[i](output, src, allowed, pos, query_pos)
+        output = self.transformer_self_attention_layers[i](output, query_pos)
+        return self.transformer_ffn_layers[i](output)
+
+    def forward(self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor,
+                output_hidden_states: bool = False):
+        """Returns (class logits per prediction, mask logits per prediction, decoder hidden states)."""
+        if len(multi_scale_features) != self.num_feature_levels:
+            raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}")
+        srcs, poss, sizes = [], [], []
+        for i, x in enumerate(multi_scale_features):
+            sizes.append(tuple(x.shape[-2:]))
+            poss.append(self.pe_layer(x).flatten(2).transpose(1, 2))
+            srcs.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).transpose(1, 2))
+        batch = mask_features.shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+
+        class_logits, mask_logits, allowed, decoded = self.prediction_heads(output, mask_features, sizes[0])
+        all_class, all_masks, hidden = [class_logits], [mask_logits], [decoded] if output_hidden_states else []
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            args = (i, output, srcs[level], poss[level], query_pos, allowed)
+            if self.gradient_checkpointing and self.training:
+                output = torch.utils.checkpoint.checkpoint(self._layer, *args, use_reentrant=False)
+            else:
+                output = self._layer(*args)
+            class_logits, mask_logits, allowed, decoded = self.prediction_heads(
+                output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+            all_class.append(class_logits)
+            all_masks.append(mask_logits)
+            if output_hidden_states:
+                hidden.append(decoded)
+        return all_class, all_masks, hidden
