@@ -173,11 +173,14 @@ class ResNetBackbone(nn.Module):
             dilation = {"res4": res4_dilation, "res5": res5_dilation}.get(name, 1)
             first_stride = 1 if idx == 0 or dilation > 1 else 2
             stride_total *= first_stride
-            if name == "res5" and len(res5_multi_grid) != num_blocks:
-                raise ValueError(f"res5_multi_grid needs {num_blocks} entries, got {list(res5_multi_grid)}")
+            grid = [1] * num_blocks
+            if name == "res5" and any(g != 1 for g in res5_multi_grid):
+                if len(res5_multi_grid) != num_blocks:
+                    raise ValueError(f"res5_multi_grid needs {num_blocks} entries, got {list(res5_multi_grid)}")
+                grid = list(res5_multi_grid)
             blocks = []
             for b in range(num_blocks):
-                block_dilation = dilation * res5_multi_grid[b] if name == "res5" else dilation
+                block_dilation = dilation * grid[b]
                 stride = first_stride if b == 0 else 1
                 if bottleneck:
                     blocks.append(BottleneckBlock(in_ch, out_ch, mid_ch, stride, num_groups, norm,

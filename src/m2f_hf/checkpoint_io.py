@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import collections
-import io
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -77,7 +76,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeCheckpointError(f"refusing to load {self._source}: it uses pickle persistent ids ({pid!r})")
+        raise UnsafeCheckpointError(
+            f"refusing to load {self._source}: it uses pickle persistent ids ({pid!r})"
+        )
 
 
 class UnsafeCheckpointError(ValueError):
@@ -119,7 +120,9 @@ def _to_tensor(key: str, value: Any, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(value))
 
 
-def _state_from_container(data: Any, path: Path, allow_bare: bool) -> tuple[Mapping[str, Any], dict[str, Any]]:
+def _state_from_container(
+    data: Any, path: Path, allow_bare: bool
+) -> tuple[Mapping[str, Any], dict[str, Any]]:
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a dict with a 'model' entry, got a {type(data).__name__}")
     if "model" in data:
@@ -137,13 +140,15 @@ def _state_from_container(data: Any, path: Path, allow_bare: bool) -> tuple[Mapp
 
 
 def _load_pkl(path: Path) -> tuple[Any, str]:
-    raw = path.read_bytes()
     try:
-        data = RestrictedUnpickler(io.BytesIO(raw), source=str(path), encoding="latin1").load()
+        with path.open("rb") as f:
+            data = RestrictedUnpickler(f, source=str(path), encoding="latin1").load()
     except UnsafeCheckpointError:
         raise
     except Exception as exc:  # EOFError, UnpicklingError, ValueError ... from a damaged file
-        raise ValueError(f"could not read {path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"could not read {path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})"
+        ) from exc
     return data, "pkl"
 
 
@@ -151,9 +156,13 @@ def _load_pth(path: Path) -> tuple[Any, str]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(f"refusing to load {path}: torch.load(weights_only=True) rejected it: {exc}") from exc
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: torch.load(weights_only=True) rejected it: {exc}"
+        ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise ValueError(f"could not read {path}: truncated or corrupt torch file ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"could not read {path}: truncated or corrupt torch file ({type(exc).__name__}: {exc})"
+        ) from exc
     return data, "pth"
 
 
@@ -185,7 +194,9 @@ def load_original_checkpoint(path: str | Path) -> OriginalCheckpoint:
     elif suffix == ".safetensors":
         data, fmt = _load_safetensors(path)
     else:
-        raise ValueError(f"{path}: unknown checkpoint extension {suffix!r} (expected .pkl, .pth or .safetensors)")
+        raise ValueError(
+            f"{path}: unknown checkpoint extension {suffix!r} (expected .pkl, .pth or .safetensors)"
+        )
 
     state, extra = _state_from_container(data, path, allow_bare=fmt != "pkl")
     versions = _versions_from(state)

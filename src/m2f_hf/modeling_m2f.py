@@ -12,7 +12,9 @@ from transformers.utils import ModelOutput
 
 from .backbone import build_backbone
 from .backbone_resnet import FrozenBatchNorm2d
+from .backbone_swin import WindowAttention, relative_position_index
 from .configuration_m2f import Mask2FormerConfig
+from .criterion import Mask2FormerLoss
 from .ms_deform_attn import MSDeformAttn
 from .pixel_decoder import DeformableTransformer, MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedTransformerDecoder
@@ -69,6 +71,14 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
             module.reset_parameters()
         elif isinstance(module, DeformableTransformer):
             init.normal_(module.level_embed)
+            for layer in module.encoder.layers:
+                init.xavier_uniform_(layer.linear1.weight)
+                init.xavier_uniform_(layer.linear2.weight)
+        elif isinstance(module, WindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+            init.copy_(module.relative_position_index, relative_position_index(module.window_size))
+        elif isinstance(module, Mask2FormerLoss):
+            init.copy_(module.empty_weight, module.make_empty_weight())
         elif isinstance(module, MaskedTransformerDecoder):
             for layer in (*module.transformer_self_attention_layers, *module.transformer_cross_attention_layers,
                           *module.transformer_ffn_layers):
@@ -106,11 +116,6 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = enable
-
 
 class Mask2FormerModel(Mask2FormerPreTrainedModel):
     """Backbone, pixel decoder and transformer decoder; returns per-query class and mask logits."""
@@ -136,7 +141,7 @@ class Mask2FormerModel(Mask2FormerPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_auxiliary_logits is None:
             output_auxiliary_logits = self.config.output_auxiliary_logits
         if output_auxiliary_logits is None:
@@ -173,8 +178,6 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
     def __init__(self, config: Mask2FormerConfig):
         super().__init__(config)
         self.model = Mask2FormerModel(config)
-        from .criterion import Mask2FormerLoss
-
         self.criterion = Mask2FormerLoss(config)
         self.post_init()
 
@@ -189,7 +192,7 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> Mask2FormerForUniversalSegmentationOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         compute_loss = mask_labels is not None or class_labels is not None
         if compute_loss and (mask_labels is None or class_labels is None):
             raise ValueError("training needs both mask_labels and class_labels")
@@ -206,7 +209,7 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
             loss_dict = self.criterion(
                 outputs.masks_queries_logits, outputs.class_queries_logits, mask_labels, class_labels, aux
             )
-            loss = self.criterion.weighted_total(loss_dict)
+            loss = self.criterion.total_loss(loss_dict)
             if output_auxiliary_logits is False:
                 outputs.auxiliary_logits = None
         result = Mask2FormerForUniversalSegmentationOutput(loss=loss, loss_dict=loss_dict, **outputs)

@@ -35,10 +35,13 @@ def _as_integer_map(array: Any, name: str, ndim: tuple[int, ...] = (2,)) -> np.n
         try:
             array = np.asarray(array)
         except Exception as exc:  # PIL images and nested lists convert; anything else is a user error
-            raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(array).__name__}") from exc
+            raise TypeError(
+                f"{name} must be a numpy array or torch tensor, got {type(array).__name__}"
+            ) from exc
     if array.ndim not in ndim:
-        raise ValueError(f"{name} must have {' or '.join(str(d) for d in ndim)} dimensions, got shape "
-                         f"{tuple(array.shape)}")
+        raise ValueError(
+            f"{name} must have {' or '.join(str(d) for d in ndim)} dimensions, got shape {tuple(array.shape)}"
+        )
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name} must hold integer labels, got dtype {array.dtype}")
     if array.size and np.issubdtype(array.dtype, np.signedinteger) and array.min() < 0:
@@ -159,13 +162,16 @@ def instance_to_targets(
             key = instance_id + 1 if do_reduce_labels else instance_id
             if key not in instance_id_to_semantic_id:
                 hint = "; pass ignore_index=0 to treat id 0 as background" if key == 0 else ""
-                raise ValueError(f"instance id {key} of instance_map has no entry in "
-                                 f"instance_id_to_semantic_id{hint}")
+                raise ValueError(
+                    f"instance id {key} of instance_map has no entry in instance_id_to_semantic_id{hint}"
+                )
             class_id = int(instance_id_to_semantic_id[key])
             labels[i] = class_id - 1 if do_reduce_labels else class_id
             if labels[i] < 0:
-                raise ValueError(f"instance id {key} maps to class {class_id}, which gives the negative "
-                                 f"label {int(labels[i])} (do_reduce_labels={do_reduce_labels})")
+                raise ValueError(
+                    f"instance id {key} maps to class {class_id}, which gives the negative "
+                    f"label {int(labels[i])} (do_reduce_labels={do_reduce_labels})"
+                )
     return _scatter_masks(index, ids.size), torch.as_tensor(labels)
 
 
@@ -216,8 +222,9 @@ def panoptic_to_targets(
     elif panoptic_map.ndim == 2:
         ids = _as_integer_map(panoptic_map, "panoptic_map")
     else:
-        raise ValueError(f"panoptic_map must be (H, W, 3) RGB or an (H, W) id map, got shape "
-                         f"{tuple(panoptic_map.shape)}")
+        raise ValueError(
+            f"panoptic_map must be (H, W, 3) RGB or an (H, W) id map, got shape {tuple(panoptic_map.shape)}"
+        )
     _check_image_size(ids.shape, image_size, "panoptic_map")
     height, width = ids.shape
 
@@ -228,7 +235,9 @@ def panoptic_to_targets(
     seen: set[int] = set()
     for k, segment in enumerate(segments_info):
         if not isinstance(segment, Mapping) or "id" not in segment or "category_id" not in segment:
-            raise ValueError(f"segments_info[{k}] must be a dict with 'id' and 'category_id', got {segment!r}")
+            raise ValueError(
+                f"segments_info[{k}] must be a dict with 'id' and 'category_id', got {segment!r}"
+            )
         segment_id = int(segment["id"])
         if segment_id <= 0:
             raise ValueError(f"segments_info[{k}] has id {segment_id}; segment ids must be > 0 (0 is VOID)")
@@ -240,8 +249,10 @@ def panoptic_to_targets(
         category_id = int(segment["category_id"])
         if category_id_to_contiguous is not None:
             if category_id not in category_id_to_contiguous:
-                raise ValueError(f"segments_info[{k}] has category_id {category_id}, which is not in "
-                                 "category_id_to_contiguous")
+                raise ValueError(
+                    f"segments_info[{k}] has category_id {category_id}, which is not in "
+                    "category_id_to_contiguous"
+                )
             category_id = int(category_id_to_contiguous[category_id])
         if category_id < 0:
             raise ValueError(f"segments_info[{k}] has a negative category id {category_id}")

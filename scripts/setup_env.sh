@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv (if needed) and installs m2f_hf with everything the demo and the tests use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev,train,export]"

@@ -1,0 +1,571 @@
+"""Image processor for m2f_hf Mask2Former: the original test-time preprocessing and post-processing.
+
+Preprocessing reproduces the original `DefaultPredictor` path batched like `ImageList.from_tensors`:
+shortest-edge resize with a cap (sizes rounded with `int(x + 0.5)`) done by Pillow's BILINEAR filter on
+the uint8 image, float32 `(x - mean) / std` in the 0-255 scale, then zero padding (after normalisation) at
+the bottom/right to the batch maximum rounded up to `size_divisibility`. Pillow's bilinear filter is
+anti-aliased and not reproducible with torch kernels, so the processor uses transformers' PIL backend.
+
+Post-processing follows transformers' method names, signatures and return formats (so
+`pipeline("image-segmentation")` works unchanged) but gives the original's results by default; the
+rules themselves live in `postprocessing.py`.
+
+Input conventions (each image becomes 8-bit RGB before the resize, as the original reads files):
+* PIL: converted with `Image.convert("RGB")` (what detectron2's reader does): grayscale is replicated,
+  palettes are expanded, the alpha channel of RGBA/LA/PA is dropped (no compositing). 16-bit modes
+  ("I;16*", and "I" with values in 0..65535) are scaled to 8 bits as round(x / 257); "F" follows the
+  float rule below.
+* numpy arrays / torch tensors: (H, W), (H, W, C) or (C, H, W) with C in 1..4 (channels first is tried
+  first, as transformers does; pass `input_data_format` when a shape is ambiguous). 1 channel is
+  replicated, 2 = gray + alpha and 4 = RGBA drop their alpha. uint8 is used as is, uint16 is scaled as
+  round(x / 257), other integer types must hold values in 0..255, floats must lie in [0, 1] and become
+  round(255 x). Anything else (bool, other channel counts, empty images, NaN) raises ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import ChannelDimension, PILImageResampling, load_image
+from transformers.processing_utils import ImagesKwargs
+
+from . import postprocessing as pp
+
+__all__ = ["Mask2FormerImageProcessor", "Mask2FormerImageProcessorKwargs", "resized_shape"]
+
+# ImageNet mean / std in the 0-255 RGB scale: the original's MODEL.PIXEL_MEAN / PIXEL_STD.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Mask2FormerImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    size_divisibility (`int`): pad the batch to a multiple of this (the original's 32; 0 = no rounding).
+    ignore_index (`int`): label of unlabelled pixels in segmentation maps (255).
+    do_reduce_labels (`bool`): ADE20K convention for segmentation maps (0 → ignore, others − 1).
+    thing_ids (`list[int]`): contiguous ids of "thing" classes (None: every class is a thing). Classes not
+        in it are "stuff": panoptic inference merges their segments and instance inference drops them.
+    object_mask_threshold (`float`): panoptic score threshold (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD).
+    overlap_threshold (`float`): panoptic mask overlap threshold (MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD).
+    test_topk_per_image (`int`): instance detections per image (TEST.DETECTIONS_PER_IMAGE).
+    sem_seg_postprocess_before_inference (`bool`): resize the mask logits before the semantic rule
+        (True) or the semantic score map after it (False); the original's flag of the same name.
+    """
+
+    size_divisibility: int
+    ignore_index: int | None
+    do_reduce_labels: bool
+    thing_ids: list[int] | None
+    object_mask_threshold: float
+    overlap_threshold: float
+    test_topk_per_image: int
+    sem_seg_postprocess_before_inference: bool
+
+
+def resized_shape(height: int, width: int, shortest_edge: int, longest_edge: int | None) -> tuple[int, int]:
+    """Output (h, w) of the original ResizeShortestEdge: short side → `shortest_edge`, long side capped
+    at `longest_edge`, each side rounded as int(x + 0.5)."""
+    size = float(shortest_edge)
+    scale = size / min(height, width)
+    if height < width:
+        new_h, new_w = size, scale * width
+    else:
+        new_h, new_w = scale * height, size
+    if longest_edge is not None and max(new_h, new_w) > longest_edge:
+        scale = longest_edge * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def _from_16bit(array: np.ndarray) -> np.ndarray:
+    """16-bit values → 8-bit as round(x / 257) (65535 → 255; no ties can occur)."""
+    return np.rint(array.astype(np.float64) / 257.0).astype(np.uint8)
+
+
+def _to_uint8(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        raise ValueError(f"{what}: boolean images are not supported; pass uint8 (0..255) or float in [0, 1]")
+    if array.dtype == np.uint16:
+        return _from_16bit(array)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"{what}: integer image of dtype {array.dtype} has values in [{low}, {high}], outside 0..255; "
+                "pass uint8, uint16 (16-bit data) or floats in [0, 1]"
+            )
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what}: float image contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{what}: float images must lie in [0, 1] (they are scaled by 255), got values in "
+                f"[{low:g}, {high:g}]; pass uint8 for 0..255 data"
+            )
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    raise ValueError(f"{what}: unsupported dtype {array.dtype}")
+
+
+def _pil_to_array(image: PIL.Image.Image, what: str) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return _from_16bit(np.asarray(image).astype(np.uint16))
+    if mode == "I":
+        array = np.asarray(image)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(f"{what}: PIL mode 'I' image with values outside 0..65535 is not supported")
+        return _from_16bit(array)
+    if mode == "F":
+        return _to_uint8(np.asarray(image), what)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{what}: cannot convert PIL mode {mode!r} to RGB") from exc
+
+
+def _to_rgb_uint8(image: Any, index: int, input_data_format: ChannelDimension | str | None) -> np.ndarray:
+    """Any supported image → (H, W, 3) uint8 RGB numpy array (see the module docstring for the rules)."""
+    what = f"image {index}"
+    if isinstance(image, str):
+        image = load_image(image)
+    if isinstance(image, PIL.Image.Image):
+        array = _pil_to_array(image, what)
+        channels_last = True
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        channels_last = None
+    else:
+        raise TypeError(f"{what}: expected a PIL image, numpy array, torch tensor or path, got {type(image).__name__}")
+
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.ndim == 3 and channels_last is None:
+        fmt = ChannelDimension(input_data_format) if input_data_format is not None else None
+        if fmt == ChannelDimension.FIRST or (fmt is None and array.shape[0] in (1, 2, 3, 4)):
+            array = np.moveaxis(array, 0, -1)
+        elif fmt is None and array.shape[-1] not in (1, 2, 3, 4):
+            raise ValueError(
+                f"{what}: shape {tuple(array.shape)} has no channel axis of size 1-4 (gray, gray+alpha, RGB, RGBA)"
+            )
+    elif array.ndim != 3:
+        raise ValueError(f"{what}: expected 2 or 3 dimensions (H, W[, C]), got shape {tuple(array.shape)}")
+    height, width, channels = array.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"{what}: empty image of size {height}x{width}")
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(f"{what}: {channels} channels are not supported (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)")
+    array = _to_uint8(array, what)
+    if channels in (1, 2):
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an integer map as detectron2 resizes segmentation maps: Pillow NEAREST for
+    uint8 maps, torch `interpolate(mode="nearest")` otherwise."""
+    height, width = size
+    if label_map.shape == (height, width):
+        return label_map
+    if label_map.dtype == np.uint8:
+        return np.asarray(PIL.Image.fromarray(label_map).resize((width, height), PIL.Image.NEAREST))
+    resized = F.interpolate(torch.from_numpy(label_map.astype(np.float64))[None, None], size=(height, width),
+                            mode="nearest")[0, 0]
+    return resized.numpy().astype(label_map.dtype)
+
+
+def _field(outputs: Any, name: str) -> Any:
+    value = getattr(outputs, name, None)
+    if value is None and isinstance(outputs, Mapping):
+        value = outputs.get(name)
+    return value
+
+
+class Mask2FormerImageProcessor(PilBackend):
+    r"""Mask2Former image processor reproducing the original test-time preprocessing and post-processing.
+
+    `processor(images)` returns a `BatchFeature` with `pixel_values` (B, 3, Hp, Wp) float32,
+    `pixel_mask` (B, Hp, Wp) long (1 = image, 0 = padding), `image_sizes` (B, 2) the resized (h, w) and
+    `original_sizes` (B, 2) the input (H0, W0); pass `target_sizes=inputs["original_sizes"]` to the
+    post-processing methods to get results at the input resolution, as the original returns them.
+    With `segmentation_maps` (and `instance_id_to_semantic_id` for instance maps) it also returns the
+    training targets `mask_labels` (list of (N, Hp, Wp) bool, padded with False) and `class_labels`.
+    """
+
+    valid_kwargs = Mask2FormerImageProcessorKwargs
+    model_input_names = ["pixel_values", "pixel_mask"]
+    resample = PILImageResampling.BILINEAR
+    image_mean = PIXEL_MEAN
+    image_std = PIXEL_STD
+    size = {"shortest_edge": 800, "longest_edge": 1333}
+    default_to_square = False
+    do_resize = True
+    do_rescale = False
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    size_divisibility = 32
+    ignore_index = 255
+    do_reduce_labels = False
+    thing_ids = None
+    object_mask_threshold = 0.8
+    overlap_threshold = 0.8
+    test_topk_per_image = 100
+    sem_seg_postprocess_before_inference = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.thing_ids is not None:
+            self.thing_ids = sorted({int(i) for i in self.thing_ids})
+            if any(i < 0 for i in self.thing_ids):
+                raise ValueError(f"thing_ids must be >= 0, got {self.thing_ids}")
+        if self.size_divisibility is None or int(self.size_divisibility) < 0:
+            raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
+        if not 0 < int(self.test_topk_per_image):
+            raise ValueError(f"test_topk_per_image must be positive, got {self.test_topk_per_image}")
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocess(
+        self,
+        images: Any,
+        segmentation_maps: Any = None,
+        instance_id_to_semantic_id: list[dict[int, int]] | dict[int, int] | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Preprocess one image or a list of images (and optional segmentation maps for training)."""
+        return super().preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
+
+    def _preprocess_image_like_inputs(
+        self,
+        images: Any,
+        segmentation_maps: Any = None,
+        instance_id_to_semantic_id: list[dict[int, int]] | dict[int, int] | None = None,
+        *,
+        input_data_format: ChannelDimension | str | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        if isinstance(images, (list, tuple)):
+            image_list = list(images)
+        elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            image_list = list(images)
+        else:
+            image_list = [images]
+        if not image_list:
+            raise ValueError("no images given")
+        arrays = [_to_rgb_uint8(image, i, input_data_format) for i, image in enumerate(image_list)]
+        maps = None
+        if segmentation_maps is not None:
+            maps = segmentation_maps if isinstance(segmentation_maps, (list, tuple)) else [segmentation_maps]
+            if len(maps) != len(arrays):
+                raise ValueError(f"got {len(maps)} segmentation maps for {len(arrays)} images")
+        return self._preprocess(arrays, maps, instance_id_to_semantic_id, **kwargs)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        segmentation_maps: list[Any] | None,
+        instance_id_to_semantic_id: list[dict[int, int]] | dict[int, int] | None,
+        do_resize: bool,
+        size: Any,
+        resample: PILImageResampling | int | None,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | Sequence[float],
+        image_std: float | Sequence[float],
+        size_divisibility: int,
+        ignore_index: int | None,
+        do_reduce_labels: bool,
+        return_tensors: str | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        original_sizes = [image.shape[:2] for image in images]
+        resample = PILImageResampling.BILINEAR if resample is None else resample
+        resized = []
+        for image in images:
+            if do_resize:
+                if not size.shortest_edge:
+                    raise ValueError(f"size must contain 'shortest_edge' (and optionally 'longest_edge'), got {size}")
+                h, w = resized_shape(image.shape[0], image.shape[1], size.shortest_edge, size.longest_edge)
+                if (h, w) != image.shape[:2]:
+                    image = np.asarray(PIL.Image.fromarray(image).resize((w, h), resample))
+            resized.append(image)
+        image_sizes = [image.shape[:2] for image in resized]
+
+        mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
+        divisor = int(size_divisibility or 0)
+        max_h = max(h for h, _ in image_sizes)
+        max_w = max(w for _, w in image_sizes)
+        if divisor > 1:
+            max_h = int(math.ceil(max_h / divisor) * divisor)
+            max_w = int(math.ceil(max_w / divisor) * divisor)
+        batch = np.zeros((len(resized), 3, max_h, max_w), dtype=np.float32)
+        pixel_mask = np.zeros((len(resized), max_h, max_w), dtype=np.int64)
+        for i, image in enumerate(resized):
+            x = image.transpose(2, 0, 1).astype(np.float32)
+            if do_rescale:
+                x = x * np.float32(rescale_factor)
+            if do_normalize:
+                x = (x - mean) / std
+            h, w = image.shape[:2]
+            batch[i, :, :h, :w] = x
+            pixel_mask[i, :h, :w] = 1
+
+        data = {
+            "pixel_values": batch,
+            "pixel_mask": pixel_mask,
+            "image_sizes": np.asarray(image_sizes, dtype=np.int64),
+            "original_sizes": np.asarray(original_sizes, dtype=np.int64),
+        }
+        encoded = BatchFeature(data=data, tensor_type=return_tensors)
+        if segmentation_maps is not None:
+            mask_labels, class_labels = self._targets(
+                segmentation_maps, instance_id_to_semantic_id, original_sizes, image_sizes, (max_h, max_w),
+                ignore_index, do_reduce_labels,
+            )
+            encoded["mask_labels"] = mask_labels
+            encoded["class_labels"] = class_labels
+        return encoded
+
+    def _targets(
+        self,
+        segmentation_maps: list[Any],
+        instance_id_to_semantic_id: list[dict[int, int]] | dict[int, int] | None,
+        original_sizes: list[tuple[int, int]],
+        image_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+        ignore_index: int | None,
+        do_reduce_labels: bool,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per image: resize the label map like the image (nearest), split it into binary masks + classes
+        (`targets.py`), pad the masks with False like the images."""
+        from .targets import instance_to_targets, pad_targets, semantic_to_targets
+
+        if isinstance(instance_id_to_semantic_id, list) and len(instance_id_to_semantic_id) != len(segmentation_maps):
+            raise ValueError(
+                f"got {len(instance_id_to_semantic_id)} instance_id_to_semantic_id mappings for "
+                f"{len(segmentation_maps)} segmentation maps"
+            )
+        mask_labels, class_labels = [], []
+        for i, label_map in enumerate(segmentation_maps):
+            if isinstance(label_map, PIL.Image.Image):
+                label_map = np.asarray(label_map)
+            elif isinstance(label_map, torch.Tensor):
+                label_map = label_map.detach().cpu().numpy()
+            label_map = np.asarray(label_map)
+            if label_map.ndim == 3 and 1 in (label_map.shape[0], label_map.shape[-1]):
+                label_map = label_map.reshape(label_map.shape[1:] if label_map.shape[0] == 1 else label_map.shape[:2])
+            if label_map.ndim != 2:
+                raise ValueError(f"segmentation map {i} must be (H, W), got shape {tuple(label_map.shape)}")
+            if tuple(label_map.shape) != tuple(original_sizes[i]):
+                raise ValueError(
+                    f"segmentation map {i} has size {tuple(label_map.shape)} but image {i} is {tuple(original_sizes[i])}"
+                )
+            label_map = _resize_label_map(label_map, tuple(image_sizes[i]))
+            mapping = (
+                instance_id_to_semantic_id[i]
+                if isinstance(instance_id_to_semantic_id, list)
+                else instance_id_to_semantic_id
+            )
+            if mapping is None:
+                masks, classes = semantic_to_targets(label_map, ignore_index=ignore_index,
+                                                     do_reduce_labels=do_reduce_labels)
+            else:
+                masks, classes = instance_to_targets(label_map, mapping, ignore_index=ignore_index,
+                                                     do_reduce_labels=do_reduce_labels)
+            mask_labels.append(pad_targets(masks, padded_size))
+            class_labels.append(classes)
+        return mask_labels, class_labels
+
+    # ------------------------------------------------------------------ post-processing helpers
+    def _unpack(self, outputs: Any, target_sizes: Any) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+        class_logits = _field(outputs, "class_queries_logits")
+        mask_logits = _field(outputs, "masks_queries_logits")
+        if class_logits is None or mask_logits is None:
+            raise ValueError("outputs must carry class_queries_logits and masks_queries_logits")
+        if class_logits.ndim != 3 or mask_logits.ndim != 4 or class_logits.shape[:2] != mask_logits.shape[:2]:
+            raise ValueError(
+                f"expected class logits (B, Q, K+1) and mask logits (B, Q, h, w), got {tuple(class_logits.shape)} "
+                f"and {tuple(mask_logits.shape)}"
+            )
+        batch = class_logits.shape[0]
+        padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+        image_sizes = _field(outputs, "image_sizes")
+        if image_sizes is None:
+            crops = [padded] * batch
+        else:
+            crops = [tuple(int(v) for v in s) for s in torch.as_tensor(image_sizes).tolist()]
+            if len(crops) != batch:
+                raise ValueError(f"outputs.image_sizes has {len(crops)} entries for a batch of {batch}")
+        if target_sizes is None:
+            targets = crops
+        else:
+            if isinstance(target_sizes, torch.Tensor):
+                target_sizes = target_sizes.tolist()
+            targets = [tuple(int(v) for v in s) for s in target_sizes]
+            if len(targets) != batch:
+                raise ValueError(f"got {len(targets)} target sizes for a batch of {batch}")
+        return class_logits, mask_logits, crops, targets
+
+    @staticmethod
+    def _masks_at_target(mask_logits: torch.Tensor, crop: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+        """(Q, h, w) mask logits → padded size → crop → target size (the original's order)."""
+        padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+        return pp.crop_and_resize(pp.upsample_to_padded(mask_logits, padded), crop, target)
+
+    def _class_flags(self, ids: Sequence[int] | None, num_classes: int, device: torch.device) -> torch.Tensor:
+        flags = torch.zeros(num_classes, dtype=torch.bool, device=device)
+        if ids is not None:
+            ids = [int(i) for i in ids if 0 <= int(i) < num_classes]
+            if ids:
+                flags[torch.tensor(ids, device=device)] = True
+        return flags
+
+    # ------------------------------------------------------------------ post-processing
+    def post_process_semantic_segmentation(
+        self,
+        outputs: Any,
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """Semantic class map per image, (H, W) long, at `target_sizes` (default: the resized image size).
+
+        The mask logits are upsampled to the padded input, cropped to `outputs.image_sizes` and resized
+        to the target, then Σ_q softmax(class)[:K]·sigmoid(mask) is argmaxed over classes; with
+        `sem_seg_postprocess_before_inference=False` the score map is computed at the padded size and
+        cropped/resized afterwards. The K score maps are evaluated a few classes at a time unless
+        `return_segmentation_scores` asks for them (then each item is {"segmentation", "segmentation_scores"}).
+        """
+        class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
+        results = []
+        for b in range(class_logits.shape[0]):
+            if self.sem_seg_postprocess_before_inference:
+                masks = self._masks_at_target(mask_logits[b], crops[b], targets[b])
+                crop = target = None
+            else:
+                padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+                masks = pp.upsample_to_padded(mask_logits[b], padded)
+                crop, target = crops[b], targets[b]
+            if return_segmentation_scores:
+                scores = pp.semantic_inference(class_logits[b], masks.sigmoid())
+                if crop is not None:
+                    scores = pp.crop_and_resize(scores, crop, target)
+                results.append({"segmentation": scores.argmax(dim=0), "segmentation_scores": scores})
+            else:
+                results.append(pp.semantic_argmax(class_logits[b], masks, crop, target))
+        return results
+
+    def post_process_panoptic_segmentation(
+        self,
+        outputs: Any,
+        threshold: float | None = None,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float | None = None,
+        label_ids_to_fuse: set[int] | None = None,
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+    ) -> list[dict[str, Any]]:
+        """Panoptic segmentation with the original rule (see `postprocessing.panoptic_inference`).
+
+        Args:
+            threshold: query score threshold (default: `object_mask_threshold`, 0.8).
+            mask_threshold: probability at which a query mask counts as "its own" pixels (0.5).
+            overlap_mask_area_threshold: minimum won/own area ratio (default: `overlap_threshold`, 0.8).
+            label_ids_to_fuse: classes whose segments merge; default: every class not in `thing_ids`
+                (the original's stuff merging; with `thing_ids=None` nothing merges).
+            target_sizes: output (H, W) per image (default: the resized image size).
+
+        Returns:
+            per image {"segmentation": (H, W) int32, 0 = no segment, ids 1..n; "segments_info": [{"id",
+            "label_id", "was_fused", "score"}]} (`score` = class probability of the segment's first query).
+        """
+        threshold = self.object_mask_threshold if threshold is None else threshold
+        overlap = self.overlap_threshold if overlap_mask_area_threshold is None else overlap_mask_area_threshold
+        class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
+        num_classes = class_logits.shape[-1] - 1
+        device = mask_logits.device
+        if label_ids_to_fuse is None:
+            fuse = ~self._class_flags(range(num_classes) if self.thing_ids is None else self.thing_ids,
+                                      num_classes, device)
+        else:
+            fuse = self._class_flags(label_ids_to_fuse, num_classes, device)
+        results = []
+        for b in range(class_logits.shape[0]):
+            masks = self._masks_at_target(mask_logits[b], crops[b], targets[b])
+            panoptic, segments = pp.panoptic_inference(
+                class_logits[b], masks, fuse, threshold, overlap, mask_threshold
+            )
+            labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
+            info = [
+                {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
+                for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused))
+            ]
+            results.append({"segmentation": panoptic, "segments_info": info})
+        return results
+
+    def post_process_instance_segmentation(
+        self,
+        outputs: Any,
+        threshold: float | None = None,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float | None = None,
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        return_coco_annotation: bool = False,
+        return_binary_maps: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Instance segmentation with the original rule (see `postprocessing.instance_inference`).
+
+        Args:
+            threshold: keep instances with score ≥ threshold (default None: no filtering, the original).
+            mask_threshold: probability threshold of the binary masks (0.5 = the original's logit > 0).
+            overlap_mask_area_threshold: accepted for pipeline compatibility; instances do not use it.
+            target_sizes: output (H, W) per image (default: the resized image size).
+            return_coco_annotation: "segmentation" is a list of COCO RLE dicts, one per instance.
+            return_binary_maps: "segmentation" is the (N, H, W) bool stack of instance masks.
+
+        Returns:
+            per image {"segmentation", "segments_info": [{"id", "label_id", "was_fused", "score"}]},
+            instances sorted by decreasing score with ids 1..N. By default "segmentation" is an (H, W)
+            int32 map (0 = none) where overlapping pixels go to the higher-scoring instance; use
+            `return_binary_maps` or `return_coco_annotation` for the full, overlapping masks.
+            When `thing_ids` is set only thing classes are returned (as the original with panoptic on).
+        """
+        if return_coco_annotation and return_binary_maps:
+            raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
+        class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
+        num_classes = class_logits.shape[-1] - 1
+        things = None
+        if self.thing_ids is not None:
+            things = self._class_flags(self.thing_ids, num_classes, mask_logits.device)
+        results = []
+        for b in range(class_logits.shape[0]):
+            masks = self._masks_at_target(mask_logits[b], crops[b], targets[b])
+            found = pp.instance_inference(
+                class_logits[b], masks, self.test_topk_per_image, things, mask_threshold, threshold
+            )
+            binary = found["masks"]
+            info = [
+                {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
+                for i, (label, score) in enumerate(zip(found["labels"].tolist(), found["scores"].tolist()))
+            ]
+            if return_binary_maps:
+                segmentation = binary
+            elif return_coco_annotation:
+                segmentation = pp.rle_encode(binary)
+            else:
+                covered = binary.any(dim=0)
+                first = binary.int().argmax(dim=0) if binary.shape[0] else torch.zeros_like(covered, dtype=torch.long)
+                segmentation = torch.where(covered, first + 1, 0).to(torch.int32)
+            results.append({"segmentation": segmentation, "segments_info": info})
+        return results

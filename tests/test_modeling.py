@@ -1,0 +1,156 @@
+"""Model construction, save/load round trips and API behaviour on tiny random configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForUniversalSegmentation
+
+import m2f_hf
+from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerModel
+
+HEAD = dict(
+    num_labels=5, feature_size=32, mask_feature_size=32, hidden_dim=32, num_attention_heads=4,
+    dim_feedforward=64, num_queries=8, encoder_layers=1, decoder_layers=4, encoder_feedforward_dim=64,
+)
+BACKBONES = {
+    "resnet_basic": ("resnet", dict(depth=50, stem_out_channels=16, res2_out_channels=32, width_per_group=8)),
+    "resnet_deeplab_bn": ("resnet", dict(depth=50, stem_type="deeplab", stem_out_channels=32, res2_out_channels=32,
+                                         width_per_group=8, norm="SyncBN", res5_dilation=2,
+                                         res5_multi_grid=[1, 2, 4])),
+    "resnet18": ("resnet", dict(depth=18, stem_out_channels=16, res2_out_channels=64)),
+    "swin": ("swin", dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=7)),
+    "convnext_auto": ("auto", dict(model_type="convnext", hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                   out_features=["stage1", "stage2", "stage3", "stage4"])),
+}
+
+
+def tiny_config(kind: str, **overrides) -> Mask2FormerConfig:
+    backbone_type, backbone_config = BACKBONES[kind]
+    kwargs = {"backbone_type": backbone_type, "backbone_config": backbone_config, **HEAD, **overrides}
+    return Mask2FormerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kind", sorted(BACKBONES))
+def test_save_load_roundtrip_identical(kind, tmp_path):
+    torch.manual_seed(0)
+    model = Mask2FormerForUniversalSegmentation(tiny_config(kind)).eval()
+    pixel_values = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        before = model(pixel_values)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForUniversalSegmentation.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, Mask2FormerForUniversalSegmentation)
+    with torch.no_grad():
+        after = loaded(pixel_values)
+    assert before.class_queries_logits.shape == (2, 8, 6)
+    assert before.masks_queries_logits.shape == (2, 8, 16, 24)
+    assert len(before.auxiliary_logits) == 3
+    assert torch.equal(before.class_queries_logits, after.class_queries_logits)
+    assert torch.equal(before.masks_queries_logits, after.masks_queries_logits)
+    for a, b in zip(before.auxiliary_logits, after.auxiliary_logits):
+        assert torch.equal(a["masks_queries_logits"], b["masks_queries_logits"])
+
+
+def test_state_dict_uses_original_names():
+    keys = Mask2FormerForUniversalSegmentation(tiny_config("resnet_basic")).state_dict().keys()
+    for expected in [
+        "model.backbone.stem.conv1.norm.running_var",
+        "model.backbone.res2.0.shortcut.weight",
+        "model.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight",
+        "model.pixel_decoder.adapter_1.norm.weight",
+        "model.pixel_decoder.layer_1.weight",
+        "model.transformer_decoder.transformer_cross_attention_layers.0.multihead_attn.in_proj_weight",
+        "model.transformer_decoder.query_feat.weight",
+        "model.transformer_decoder.mask_embed.layers.2.bias",
+    ]:
+        assert expected in keys
+    assert not any("num_batches_tracked" in k or "empty_weight" in k for k in keys)
+
+
+def test_input_projection_only_when_widths_differ():
+    same = Mask2FormerModel(tiny_config("resnet_basic"))
+    assert not any("transformer_decoder.input_proj" in k for k in same.state_dict())
+    enforced = Mask2FormerModel(tiny_config("resnet_basic", enforce_input_projection=True))
+    assert "transformer_decoder.input_proj.0.weight" in enforced.state_dict()
+    wider = Mask2FormerModel(tiny_config("resnet_basic", hidden_dim=64))
+    assert wider.transformer_decoder.input_proj[2].weight.shape == (64, 32, 1, 1)
+    with torch.no_grad():
+        out = wider.eval()(torch.randn(1, 3, 64, 64))
+    assert out.class_queries_logits.shape == (1, 8, 6)
+
+
+def test_auto_classes_and_tuple_output():
+    config = tiny_config("resnet_basic")
+    assert isinstance(AutoConfig.for_model(config.model_type), Mask2FormerConfig)
+    assert isinstance(AutoModel.from_config(config), Mask2FormerModel)
+    model = Mask2FormerForUniversalSegmentation(config).eval()
+    with torch.no_grad():
+        tup = model(torch.randn(1, 3, 64, 64), return_dict=False)
+        out = model(torch.randn(1, 3, 64, 64), output_auxiliary_logits=False, output_hidden_states=True)
+    assert isinstance(tup, tuple) and tup[0].shape == (1, 8, 6)
+    assert out.auxiliary_logits is None
+    assert len(out.encoder_hidden_states) == 4 and len(out.pixel_decoder_hidden_states) == 3
+    assert len(out.transformer_decoder_hidden_states) == 4
+    assert m2f_hf.__version__
+
+
+def test_pixel_mask_gives_image_sizes():
+    model = Mask2FormerModel(tiny_config("resnet_basic")).eval()
+    mask = torch.zeros(2, 64, 96, dtype=torch.long)
+    mask[0, :60, :90] = 1
+    mask[1, :64, :33] = 1
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 96), pixel_mask=mask)
+    assert out.image_sizes.tolist() == [[60, 90], [64, 33]]
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    model = Mask2FormerModel(tiny_config("swin")).train()
+    x = torch.randn(1, 3, 64, 64)
+
+    def grads():
+        torch.manual_seed(1)  # drop path is random in training: same draws for both runs
+        model.zero_grad()
+        out = model(x)
+        (out.class_queries_logits.sum() + out.masks_queries_logits.sum()).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    checkpointed = grads()
+    assert len(plain) == len(checkpointed)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(backbone_type="vgg"), "backbone_type"),
+        (dict(hidden_dim=30), "divisible"),
+        (dict(decoder_layers=0), "decoder_layers"),
+        (dict(feature_size=48), "multiple of 32"),
+        (dict(thing_ids=[9]), "thing_ids"),
+    ],
+)
+def test_bad_config_is_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config("resnet_basic", **overrides)
+
+
+def test_bad_backbone_options_are_refused():
+    with pytest.raises(ValueError, match="unknown resnet backbone_config keys"):
+        Mask2FormerConfig(backbone_type="resnet", backbone_config={"depht": 50})
+    with pytest.raises(ValueError, match="depth"):
+        Mask2FormerModel(Mask2FormerConfig(backbone_type="resnet", backbone_config={"depth": 42}))
+    with pytest.raises(ValueError, match="model_type"):
+        Mask2FormerConfig(backbone_type="auto", backbone_config={})
+
+
+def test_wrong_pixel_values_shape():
+    model = Mask2FormerModel(tiny_config("resnet_basic")).eval()
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(torch.randn(3, 64, 64))
