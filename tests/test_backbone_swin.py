@@ -211,6 +211,25 @@ def test_shift_mask_values_and_cache():
     assert stage.shift_mask(22, 26, torch.device("cpu")).shape == (16, 49, 49)
 
 
+def test_mask_cached_in_inference_mode_serves_training():
+    model = _random_model(depths=(2, 2, 2, 2))
+    pixels = torch.randn(1, 3, 40, 40)
+    with torch.inference_mode():
+        model(pixels)
+    model.train()
+    sum(o.sum() for o in model(pixels).values()).backward()
+    assert model.layers[0].blocks[1].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_derived_buffers_rebuilt_after_meta_init():
+    with torch.device("meta"):
+        model = SwinBackbone(**TINY, window_size=12)
+    model.to_empty(device="cpu")
+    model.reset_derived_buffers()
+    for value in model.derived_buffers().values():
+        assert torch.equal(value, relative_position_index(12))
+
+
 def test_gradient_checkpointing_same_output_and_grads():
     model = _random_model(depths=(2, 2, 2, 2)).train()  # drop path 0.3 active, its draws are replayed
     pixels = torch.randn(2, 3, 45, 70)

@@ -144,6 +144,11 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
+    @torch.no_grad()
+    def reset_relative_position_index(self) -> None:
+        """Refill the derived index in place: transformers' meta-device loading leaves it uninitialised."""
+        self.relative_position_index.copy_(relative_position_index(self.window_size))
+
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, N, N) bias gathered from the table."""
         n = self.window_size * self.window_size
@@ -290,7 +295,9 @@ class SwinStage(nn.Module):
         key = (hp, wp, str(device))
         mask = self._mask_cache.get(key)
         if mask is None:
-            mask = shift_attention_mask(hp, wp, ws, self.shift_size, device)
+            # a normal tensor even under inference_mode, so a cached mask can serve a later training step
+            with torch.inference_mode(False):
+                mask = shift_attention_mask(hp, wp, ws, self.shift_size, device)
             self._mask_cache[key] = mask
             if len(self._mask_cache) > _MASK_CACHE_SIZE:
                 self._mask_cache.popitem(last=False)
@@ -418,6 +425,12 @@ class SwinBackbone(nn.Module):
             if isinstance(module, WindowAttention)
         }
 
+    def reset_derived_buffers(self) -> None:
+        """Recompute every non-persistent buffer (call from `_init_weights` after a meta-device load)."""
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                module.reset_relative_position_index()
+
     def _checkpoint_fn(self) -> Callable | None:
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
             return None
@@ -451,4 +464,4 @@ class SwinBackbone(nn.Module):
         return features
 
 
-__all__ = ["SwinBackbone", "relative_position_index", "shift_attention_mask"]
+__all__ = ["SwinBackbone", "WindowAttention", "relative_position_index", "shift_attention_mask"]
