@@ -396,7 +396,7 @@ class SwinBackbone(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
 
         # linearly increasing stochastic depth over all blocks, as float32 linspace values
-        rates = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # cpu: meta-device init
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
             SwinStage(

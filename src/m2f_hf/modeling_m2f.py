@@ -64,6 +64,17 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MSDeformAttnPixelDecoder", "MaskedTransformerDecoder"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Also loads transformers-format Mask2Former checkpoints (`model_type` "mask2former"), converting them."""
+        if not model_args:
+            from .convert_transformers import maybe_convert_transformers_folder
+
+            converted = maybe_convert_transformers_folder(pretrained_model_name_or_path, model_class=cls, **kwargs)
+            if isinstance(converted, Mask2FormerPreTrainedModel):
+                return converted
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The original's initialisation (xavier for attention/convs, Deformable-DETR offsets)."""
