@@ -452,10 +452,10 @@ def test_converted_folder_reproduces_the_original(name, converted):
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_saved_processor_reproduces_the_original_preprocessing(name, converted):
-    from m2f_hf.image_processing_m2f import Mask2FormerImageProcessor
+    from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 
     folder, _ = converted[name]
-    processor = Mask2FormerImageProcessor.from_pretrained(folder)
+    processor = M2fHfImageProcessor.from_pretrained(folder)
     meta = _meta(name)
     images = [Image.open(FIXTURES / name / f) for f in meta["input_files"]]
     batch = processor(images=images, return_tensors="pt")

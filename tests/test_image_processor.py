@@ -10,14 +10,19 @@ import PIL.Image
 import pytest
 import torch
 
-from m2f_hf.image_processing_m2f import Mask2FormerImageProcessor, resized_shape
+from m2f_hf.image_processing_m2f import M2fHfImageProcessor, resized_shape
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = ["A1_coco_panoptic_r50", "A2_coco_panoptic_swin_tiny", "A3_ade20k_semantic_r50", "A4_coco_instance_r50"]
+NAMES = [
+    "A1_coco_panoptic_r50",
+    "A2_coco_panoptic_swin_tiny",
+    "A3_ade20k_semantic_r50",
+    "A4_coco_instance_r50",
+]
 
 
-def fixture_processor(meta: dict, **kwargs) -> Mask2FormerImageProcessor:
-    return Mask2FormerImageProcessor(
+def fixture_processor(meta: dict, **kwargs) -> M2fHfImageProcessor:
+    return M2fHfImageProcessor(
         size={"shortest_edge": meta["min_size_test"], "longest_edge": meta["max_size_test"]},
         image_mean=meta["pixel_mean"],
         image_std=meta["pixel_std"],
@@ -66,7 +71,7 @@ def test_resized_shape_rule():
 
 
 def process(image, **kwargs) -> np.ndarray:
-    processor = Mask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 80}, **kwargs)
+    processor = M2fHfImageProcessor(size={"shortest_edge": 40, "longest_edge": 80}, **kwargs)
     return processor(image, return_tensors="np")["pixel_values"][0]
 
 
@@ -80,9 +85,11 @@ def test_input_types_and_layouts_agree():
     np.testing.assert_array_equal(process(rgb.astype(np.int64)), expected)  # integers in 0..255
     np.testing.assert_array_equal(process(rgb.astype(np.float32) / 255.0), expected)  # float [0, 1]
     np.testing.assert_array_equal(process(rgb.astype(np.uint16) * 257), expected)  # 16-bit
-    np.testing.assert_array_equal(process(rgb[:, :, :1], input_data_format="channels_last"),
-                                  process(np.repeat(rgb[:, :, :1], 3, axis=2)))
-    batch = Mask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 80})(
+    np.testing.assert_array_equal(
+        process(rgb[:, :, :1], input_data_format="channels_last"),
+        process(np.repeat(rgb[:, :, :1], 3, axis=2)),
+    )
+    batch = M2fHfImageProcessor(size={"shortest_edge": 40, "longest_edge": 80})(
         np.stack([rgb, rgb[::-1]]), return_tensors="np"
     )["pixel_values"]
     np.testing.assert_array_equal(batch[0], expected)
@@ -111,8 +118,12 @@ def test_pil_modes():
     np.testing.assert_array_equal(
         process(deep), process(np.repeat(np.rint(deep / 257).astype(np.uint8)[:, :, None], 3, axis=2))
     )
-    np.testing.assert_array_equal(process(PIL.Image.fromarray(gray.astype(np.int32) * 257, mode="I")), replicated)
-    np.testing.assert_array_equal(process(PIL.Image.fromarray(gray.astype(np.float32) / 255, mode="F")), replicated)
+    np.testing.assert_array_equal(
+        process(PIL.Image.fromarray(gray.astype(np.int32) * 257, mode="I")), replicated
+    )
+    np.testing.assert_array_equal(
+        process(PIL.Image.fromarray(gray.astype(np.float32) / 255, mode="F")), replicated
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,20 +151,28 @@ def test_bad_arguments_raise():
     with pytest.raises(TypeError, match="expected a PIL image"):
         process(3.5)
     with pytest.raises(ValueError, match="segmentation maps"):
-        Mask2FormerImageProcessor()([rgb_image()], segmentation_maps=[np.zeros((50, 70)), np.zeros((50, 70))])
+        M2fHfImageProcessor()([rgb_image()], segmentation_maps=[np.zeros((50, 70)), np.zeros((50, 70))])
 
 
 def test_padding_and_divisibility():
-    processor = Mask2FormerImageProcessor(size={"shortest_edge": 40, "longest_edge": 80}, size_divisibility=32)
+    processor = M2fHfImageProcessor(
+        size={"shortest_edge": 40, "longest_edge": 80}, size_divisibility=32
+    )
     out = processor([rgb_image(0, 50, 70), rgb_image(1, 70, 50)], return_tensors="pt")
     assert out["image_sizes"].tolist() == [[40, 56], [56, 40]]
     assert tuple(out["pixel_values"].shape) == (2, 3, 64, 64)
     out = processor([rgb_image(0, 50, 70)], size_divisibility=0, return_tensors="pt")
     assert tuple(out["pixel_values"].shape) == (1, 3, 40, 56)
+    out = processor([rgb_image(0, 50, 70)], pad_size={"height": 100, "width": 60}, return_tensors="pt")
+    assert tuple(out["pixel_values"].shape) == (1, 3, 100, 60) and int(out["pixel_mask"].sum()) == 40 * 56
+    with pytest.raises(ValueError, match="pad_size"):
+        processor([rgb_image(0, 50, 70)], pad_size={"height": 39, "width": 64})
+    with pytest.raises(ValueError, match="channels-first"):
+        processor([rgb_image(0, 50, 70)], data_format="channels_last")
 
 
 def test_segmentation_maps_become_padded_targets():
-    processor = Mask2FormerImageProcessor(size={"shortest_edge": 20, "longest_edge": 40})
+    processor = M2fHfImageProcessor(size={"shortest_edge": 20, "longest_edge": 40})
     semantic = np.zeros((10, 15), dtype=np.uint8)
     semantic[:, 5:] = 3
     semantic[:2] = 255  # ignored
@@ -171,7 +190,9 @@ def test_segmentation_maps_become_padded_targets():
     instances[2:6, 3:9] = 7
     instances[6:, 9:] = 9
     out = processor(
-        [rgb_image(0, 10, 15)], segmentation_maps=[instances], instance_id_to_semantic_id={0: 4, 7: 1, 9: 2},
+        [rgb_image(0, 10, 15)],
+        segmentation_maps=[instances],
+        instance_id_to_semantic_id={0: 4, 7: 1, 9: 2},
         return_tensors="pt",
     )
     assert out["class_labels"][0].tolist() == [4, 1, 2]
@@ -181,7 +202,7 @@ def test_segmentation_maps_become_padded_targets():
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    processor = Mask2FormerImageProcessor(
+    processor = M2fHfImageProcessor(
         size={"shortest_edge": 60, "longest_edge": 100},
         thing_ids=[3, 1, 2],
         object_mask_threshold=0.7,
@@ -195,24 +216,34 @@ def test_save_and_load_roundtrip(tmp_path):
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert saved["thing_ids"] == [1, 2, 3] and saved["size"] == {"shortest_edge": 60, "longest_edge": 100}
     assert saved["image_mean"] == [123.675, 116.28, 103.53] and saved["do_rescale"] is False
-    loaded = Mask2FormerImageProcessor.from_pretrained(tmp_path)
+    loaded = M2fHfImageProcessor.from_pretrained(tmp_path)
     assert loaded.to_dict() == processor.to_dict()
-    for key in ("thing_ids", "object_mask_threshold", "overlap_threshold", "test_topk_per_image",
-                "sem_seg_postprocess_before_inference", "size_divisibility", "ignore_index"):
+    for key in (
+        "thing_ids",
+        "object_mask_threshold",
+        "overlap_threshold",
+        "test_topk_per_image",
+        "sem_seg_postprocess_before_inference",
+        "size_divisibility",
+        "ignore_index",
+    ):
         assert getattr(loaded, key) == getattr(processor, key)
     image = rgb_image()
-    np.testing.assert_array_equal(loaded(image, return_tensors="np")["pixel_values"],
-                                  processor(image, return_tensors="np")["pixel_values"])
+    np.testing.assert_array_equal(
+        loaded(image, return_tensors="np")["pixel_values"],
+        processor(image, return_tensors="np")["pixel_values"],
+    )
 
 
 def test_auto_image_processor_resolves_to_this_class(tmp_path):
-    import m2f_hf
     from transformers import AutoImageProcessor
 
-    Mask2FormerImageProcessor(thing_ids=[0]).save_pretrained(tmp_path)
+    import m2f_hf
+
+    M2fHfImageProcessor(thing_ids=[0]).save_pretrained(tmp_path)
     m2f_hf.Mask2FormerConfig(num_labels=3).save_pretrained(tmp_path)
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
-    assert type(loaded) is Mask2FormerImageProcessor, type(loaded)
+    assert type(loaded) is M2fHfImageProcessor, type(loaded)
 
 
 def test_works_inside_the_transformers_pipeline():
@@ -223,12 +254,19 @@ def test_works_inside_the_transformers_pipeline():
     config = Mask2FormerConfig(
         num_labels=5,
         backbone_config={"res2_out_channels": 32, "width_per_group": 8, "stem_out_channels": 16},
-        feature_size=32, mask_feature_size=32, hidden_dim=32, dim_feedforward=64, encoder_feedforward_dim=64,
-        num_queries=10, decoder_layers=3, encoder_layers=1, thing_ids=[0, 1, 2],
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        dim_feedforward=64,
+        encoder_feedforward_dim=64,
+        num_queries=10,
+        decoder_layers=3,
+        encoder_layers=1,
+        thing_ids=[0, 1, 2],
     )
     torch.manual_seed(0)
     model = Mask2FormerForUniversalSegmentation(config).eval()
-    processor = Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}, thing_ids=[0, 1, 2])
+    processor = M2fHfImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}, thing_ids=[0, 1, 2])
     image = PIL.Image.open(FIXTURES / "A1_coco_panoptic_r50" / "input_image0.png")
     segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
 
@@ -244,8 +282,10 @@ def test_works_inside_the_transformers_pipeline():
                 outputs, threshold=0.0, overlap_mask_area_threshold=0.0, target_sizes=target
             )[0]
             assert [a["score"] for a in annotations] == [s["score"] for s in direct["segments_info"]]
-            for a, s in zip(annotations, direct["segments_info"]):
-                np.testing.assert_array_equal(np.asarray(a["mask"]) > 0, (direct["segmentation"] == s["id"]).numpy())
+            for a, s in zip(annotations, direct["segments_info"], strict=True):
+                np.testing.assert_array_equal(
+                    np.asarray(a["mask"]) > 0, (direct["segmentation"] == s["id"]).numpy()
+                )
         elif subtask == "instance":
             assert {a["label"] for a in annotations} <= {config.id2label[i] for i in (0, 1, 2)}
         else:

@@ -11,10 +11,15 @@ import pytest
 import torch
 
 from m2f_hf import postprocessing as pp
-from m2f_hf.image_processing_m2f import Mask2FormerImageProcessor
+from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = ["A1_coco_panoptic_r50", "A2_coco_panoptic_swin_tiny", "A3_ade20k_semantic_r50", "A4_coco_instance_r50"]
+NAMES = [
+    "A1_coco_panoptic_r50",
+    "A2_coco_panoptic_swin_tiny",
+    "A3_ade20k_semantic_r50",
+    "A4_coco_instance_r50",
+]
 
 
 def unpack(packed: np.ndarray, width: int) -> np.ndarray:
@@ -22,12 +27,12 @@ def unpack(packed: np.ndarray, width: int) -> np.ndarray:
 
 
 def load_case(name: str, source: str):
-    """Processor, model-like outputs and reference results for the probe ("probe") or real ("real") outputs."""
+    """Processor, model-like outputs and oracle results for synthetic ("probe") or real ("real") outputs."""
     folder = FIXTURES / name
     meta = json.loads((folder / "meta.json").read_text())
     inputs = np.load(folder / "inputs.npz")
     flags = meta["task_flags"]
-    processor = Mask2FormerImageProcessor(
+    processor = M2fHfImageProcessor(
         size={"shortest_edge": meta["min_size_test"], "longest_edge": meta["max_size_test"]},
         thing_ids=meta["thing_contiguous_ids"] if flags["panoptic_on"] else None,
         object_mask_threshold=meta["object_mask_threshold"],
@@ -151,13 +156,17 @@ def test_instances_match_original(name, source):
 
 def test_instance_maps_and_rle_agree_with_binary_masks():
     processor, outputs, target_sizes, *_ = load_case("A1_coco_panoptic_r50", "real")
-    binary = processor.post_process_instance_segmentation(outputs, target_sizes=target_sizes, return_binary_maps=True)
-    rle = processor.post_process_instance_segmentation(outputs, target_sizes=target_sizes, return_coco_annotation=True)
+    binary = processor.post_process_instance_segmentation(
+        outputs, target_sizes=target_sizes, return_binary_maps=True
+    )
+    rle = processor.post_process_instance_segmentation(
+        outputs, target_sizes=target_sizes, return_coco_annotation=True
+    )
     plain = processor.post_process_instance_segmentation(outputs, target_sizes=target_sizes)
-    for b, r, p in zip(binary, rle, plain):
+    for b, r, p in zip(binary, rle, plain, strict=True):
         masks = b["segmentation"]
         assert len(r["segmentation"]) == masks.shape[0]
-        for mask, encoded in zip(masks, r["segmentation"]):
+        for mask, encoded in zip(masks, r["segmentation"], strict=True):
             assert encoded["size"] == list(mask.shape)
             assert torch.equal(pp.rle_decode(encoded), mask)
         # the single map gives each pixel to the best-scoring instance covering it
@@ -179,7 +188,7 @@ def test_rle_roundtrip_and_pycocotools_format():
     big[0, 10:290, 7:390] = True
     for stack in (masks, big):
         encoded = pp.rle_encode(stack)
-        for mask, rle in zip(stack, encoded):
+        for mask, rle in zip(stack, encoded, strict=True):
             assert torch.equal(pp.rle_decode(rle), mask)
     mask_util = pytest.importorskip("pycocotools.mask")
     for stack in (masks, big):
@@ -193,7 +202,7 @@ def test_rle_roundtrip_and_pycocotools_format():
 
 
 def test_empty_results():
-    processor = Mask2FormerImageProcessor(thing_ids=[0, 1])
+    processor = M2fHfImageProcessor(thing_ids=[0, 1])
     logits = torch.zeros(2, 5, 4)
     logits[..., -1] = 20.0  # every query predicts no-object
     outputs = SimpleNamespace(
@@ -207,22 +216,29 @@ def test_empty_results():
     assert all(r["segments_info"] == [] for r in inst)
     inst = processor.post_process_instance_segmentation(outputs, threshold=0.5)
     assert all(int(r["segmentation"].abs().sum()) == 0 for r in inst)
-    assert processor.post_process_instance_segmentation(outputs, threshold=0.5, return_coco_annotation=True)[0][
-        "segmentation"
-    ] == []
+    assert (
+        processor.post_process_instance_segmentation(outputs, threshold=0.5, return_coco_annotation=True)[0][
+            "segmentation"
+        ]
+        == []
+    )
 
 
 def test_thresholds_are_honoured():
     processor, outputs, target_sizes, *_ = load_case("A1_coco_panoptic_r50", "probe")
     base = processor.post_process_panoptic_segmentation(outputs, target_sizes=target_sizes)[0]
-    strict = processor.post_process_panoptic_segmentation(outputs, threshold=0.95, target_sizes=target_sizes)[0]
+    strict = processor.post_process_panoptic_segmentation(outputs, threshold=0.95, target_sizes=target_sizes)[
+        0
+    ]
     assert all(s["score"] > 0.95 for s in strict["segments_info"])
     assert len(strict["segments_info"]) < len(base["segments_info"])
     loose = processor.post_process_panoptic_segmentation(
         outputs, overlap_mask_area_threshold=0.0, target_sizes=target_sizes
     )[0]
     assert len(loose["segments_info"]) > len(base["segments_info"])  # the probe has skip_overlap events
-    wide = processor.post_process_panoptic_segmentation(outputs, mask_threshold=0.2, target_sizes=target_sizes)[0]
+    wide = processor.post_process_panoptic_segmentation(
+        outputs, mask_threshold=0.2, target_sizes=target_sizes
+    )[0]
     assert not torch.equal(wide["segmentation"], base["segmentation"])
     fused_none = processor.post_process_panoptic_segmentation(
         outputs, label_ids_to_fuse=set(), target_sizes=target_sizes
@@ -230,11 +246,13 @@ def test_thresholds_are_honoured():
     assert not any(s["was_fused"] for s in fused_none["segments_info"])
     assert len(fused_none["segments_info"]) > len(base["segments_info"])  # the probe merges stuff
 
-    all_inst = processor.post_process_instance_segmentation(outputs, target_sizes=target_sizes, return_binary_maps=True)
+    all_inst = processor.post_process_instance_segmentation(
+        outputs, target_sizes=target_sizes, return_binary_maps=True
+    )
     kept = processor.post_process_instance_segmentation(
         outputs, threshold=0.5, target_sizes=target_sizes, return_binary_maps=True
     )
-    for a, k in zip(all_inst, kept):
+    for a, k in zip(all_inst, kept, strict=True):
         expected = [s["score"] for s in a["segments_info"] if s["score"] >= 0.5]
         assert [s["score"] for s in k["segments_info"]] == expected
     assert len(kept[0]["segments_info"]) < len(all_inst[0]["segments_info"])
@@ -253,10 +271,14 @@ def test_results_stay_on_output_device_and_default_size():
     pan = processor.post_process_panoptic_segmentation(outputs)
     inst = processor.post_process_instance_segmentation(outputs, return_binary_maps=True)
     sizes = outputs.image_sizes.tolist()
-    for j, size in enumerate(sizes):  # no target size: the resized image, as the original without height/width
+    for j, size in enumerate(
+        sizes
+    ):  # no target size: the resized image, as the original without height/width
         assert tuple(sem[j].shape) == tuple(size) and sem[j].device == device
         assert tuple(pan[j]["segmentation"].shape) == tuple(size) and pan[j]["segmentation"].device == device
         assert tuple(inst[j]["segmentation"].shape[1:]) == tuple(size)
+    half = SimpleNamespace(**{k: v.half() if v.is_floating_point() else v for k, v in vars(outputs).items()})
+    assert processor.post_process_semantic_segmentation(half)[0].shape == sem[0].shape
     if torch.cuda.is_available():
         cuda = SimpleNamespace(**{k: v.cuda() for k, v in vars(outputs).items()})
         assert processor.post_process_semantic_segmentation(cuda)[0].device.type == "cuda"
@@ -264,9 +286,12 @@ def test_results_stay_on_output_device_and_default_size():
 
 
 def test_bad_outputs_are_rejected():
-    processor = Mask2FormerImageProcessor()
-    outputs = SimpleNamespace(class_queries_logits=torch.zeros(1, 3, 4), masks_queries_logits=torch.zeros(1, 3, 8, 8),
-                              image_sizes=None)
+    processor = M2fHfImageProcessor()
+    outputs = SimpleNamespace(
+        class_queries_logits=torch.zeros(1, 3, 4),
+        masks_queries_logits=torch.zeros(1, 3, 8, 8),
+        image_sizes=None,
+    )
     with pytest.raises(ValueError, match="target sizes"):
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(4, 4), (4, 4)])
     with pytest.raises(ValueError, match="masks_queries_logits"):
@@ -275,7 +300,9 @@ def test_bad_outputs_are_rejected():
     with pytest.raises(ValueError, match="does not fit"):
         processor.post_process_semantic_segmentation(outputs)
     with pytest.raises(ValueError, match="both"):
-        processor.post_process_instance_segmentation(outputs, return_binary_maps=True, return_coco_annotation=True)
+        processor.post_process_instance_segmentation(
+            outputs, return_binary_maps=True, return_coco_annotation=True
+        )
 
 
 def test_chunked_semantic_argmax_equals_full_argmax():

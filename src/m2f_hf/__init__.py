@@ -5,6 +5,7 @@ Importing the package registers its classes with the transformers Auto* factorie
 """
 
 from .configuration_m2f import Mask2FormerConfig
+from .image_processing_m2f import M2fHfImageProcessor
 from .modeling_m2f import (
     Mask2FormerForUniversalSegmentation,
     Mask2FormerForUniversalSegmentationOutput,
@@ -19,6 +20,7 @@ register_auto_classes()
 __version__ = "0.1.0"
 
 __all__ = [
+    "M2fHfImageProcessor",
     "Mask2FormerConfig",
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerForUniversalSegmentationOutput",

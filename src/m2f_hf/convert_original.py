@@ -426,9 +426,9 @@ def _derived_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def build_processor(settings: OriginalSettings):
     """The image processor that reproduces the original test-time preprocessing and post-processing."""
-    from .image_processing_m2f import Mask2FormerImageProcessor
+    from .image_processing_m2f import M2fHfImageProcessor
 
-    return Mask2FormerImageProcessor(**settings.processor_kwargs)
+    return M2fHfImageProcessor(**settings.processor_kwargs)
 
 
 def model_card(report: ConversionReport, repo_id: str | None) -> str:
@@ -488,10 +488,10 @@ import torch
 from PIL import Image
 import m2f_hf  # registers the classes with transformers' Auto* factories
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation
-from m2f_hf.image_processing_m2f import Mask2FormerImageProcessor
+from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 
 model = Mask2FormerForUniversalSegmentation.from_pretrained("{name}").eval()
-processor = Mask2FormerImageProcessor.from_pretrained("{name}")
+processor = M2fHfImageProcessor.from_pretrained("{name}")
 image = Image.open("image.jpg").convert("RGB")
 inputs = processor(images=image, return_tensors="pt")
 with torch.no_grad():

@@ -6,9 +6,10 @@ takes three steps, each usable on its own:
 
 * weights: `convert_transformers_state_dict` renames the state dict of a *loaded* transformers model
   (its in-memory names; transformers itself upgrades legacy on-disk names while loading) onto ours.
-  The backbone stays the transformers backbone (our `backbone_type="auto"`), so it computes exactly
-  as in transformers; the decoder self-attention's separate q/k/v projections are packed into the
-  `in_proj_weight` layout the original (and our model) uses.
+  A transformers Swin backbone is mapped onto our native `SwinBackbone` (the original D2 Swin names,
+  `backbone_type="swin"`; same numbers, faster) whenever its config allows it (`native_swin`); any
+  other backbone stays the transformers backbone (`backbone_type="auto"`). Separate q/k/v projections
+  (decoder self-attention, Swin attention) are packed into the layouts the original uses.
 * architecture and test settings: `settings_from_transformers_config` reads the transformers config;
   the transformers image-processor settings (384x384 resize) are *not* carried over: the original
   test-time resize of the checkpoint's dataset is used instead, found from `dataset`, the checkpoint's
@@ -130,6 +131,112 @@ _SELF_ATTN_QKV = re.compile(
 )
 _TRAINING_ONLY = ("criterion.",)
 
+# transformers Swin (in-memory names below `model.pixel_level_module.encoder.`) -> the original D2 Swin names
+_HF_SWIN = "model.pixel_level_module.encoder."
+_SWIN_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^swin\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^swin\.embeddings\.norm\.", "patch_embed.norm."),
+    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_before\.", r"layers.\1.blocks.\2.norm1."),
+    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_after\.", r"layers.\1.blocks.\2.norm2."),
+    (
+        r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.relative_position_bias\.relative_position_bias_table$",
+        r"layers.\1.blocks.\2.attn.relative_position_bias_table",
+    ),
+    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.o_proj\.", r"layers.\1.blocks.\2.attn.proj."),
+    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc([12])\.", r"layers.\1.blocks.\2.mlp.fc\3."),
+    (r"^swin\.encoder\.layers\.(\d+)\.downsample\.(reduction|norm)\.", r"layers.\1.downsample.\2."),
+)
+_SWIN_COMPILED = tuple((re.compile(pattern), repl) for pattern, repl in _SWIN_RENAMES)
+_SWIN_QKV = re.compile(r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
+_SWIN_STAGE_NORM = re.compile(r"^hidden_states_norms\.stage(\d+)\.(weight|bias)$")
+# the final `swin.layernorm` belongs to the classification model; the backbone never applies it
+_SWIN_UNUSED = re.compile(r"^swin\.layernorm\.(weight|bias)$")
+# transformers Swin settings our native backbone reproduces (anything else keeps the transformers backbone)
+_NATIVE_SWIN_REQUIRES = {
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
+    "num_channels": 3,
+    "use_absolute_embeddings": False,
+}
+
+
+def native_swin_blockers(backbone_config: Mapping[str, Any]) -> list[str]:
+    """Why a transformers backbone config cannot run on our native `SwinBackbone` (empty list: it can)."""
+    cfg = dict(backbone_config)
+    if cfg.get("model_type") != "swin":
+        return [f"backbone model_type is {cfg.get('model_type')!r}, not 'swin'"]
+    reasons = [
+        f"{key}={cfg.get(key, want)!r} (native Swin needs {want!r})"
+        for key, want in _NATIVE_SWIN_REQUIRES.items()
+        if cfg.get(key, want) != want
+    ]
+    depths = list(cfg.get("depths", ()))
+    if len(depths) != 4:
+        reasons.append(f"{len(depths)} stages (native Swin needs 4)")
+    stages = [f"stage{i}" for i in range(1, len(depths) + 1)]
+    if list(cfg.get("out_features") or []) != stages[-4:] or len(stages) != 4:
+        reasons.append(f"out_features={cfg.get('out_features')} (native Swin returns stage1..stage4)")
+    return reasons
+
+
+def swin_backbone_config_from_transformers(backbone_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Our `backbone_type="swin"` keyword arguments for a transformers `SwinConfig` dict."""
+    reasons = native_swin_blockers(backbone_config)
+    if reasons:
+        raise ValueError("this transformers backbone cannot use the native Swin: " + "; ".join(reasons))
+    cfg = dict(backbone_config)
+    return {
+        "embed_dim": int(cfg.get("embed_dim", 96)),
+        "depths": [int(d) for d in cfg["depths"]],
+        "num_heads": [int(h) for h in cfg.get("num_heads", (3, 6, 12, 24))],
+        "window_size": int(cfg.get("window_size", 7)),
+        "mlp_ratio": float(cfg.get("mlp_ratio", 4.0)),
+        "qkv_bias": bool(cfg.get("qkv_bias", True)),
+        "qk_scale": None,
+        "patch_size": int(cfg.get("patch_size", 4)),
+        "ape": False,
+        "patch_norm": True,  # transformers' Swin embeddings always normalise the patches
+        "pretrain_img_size": int(cfg.get("image_size", 224)),
+        "drop_path_rate": float(cfg.get("drop_path_rate", 0.1)),
+        "drop_rate": float(cfg.get("hidden_dropout_prob", 0.0)),
+        "attn_drop_rate": float(cfg.get("attention_probs_dropout_prob", 0.0)),
+    }
+
+
+def _convert_swin_backbone(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers Swin backbone keys (prefix `model.pixel_level_module.encoder.`) -> `model.backbone.*`."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    unknown = []
+    for full_key, value in state_dict.items():
+        key = full_key[len(_HF_SWIN):]
+        match = _SWIN_QKV.match(key)
+        if match:
+            stage, block, which, kind = match.groups()
+            qkv.setdefault((stage, block, kind), {})[which] = value
+            continue
+        match = _SWIN_STAGE_NORM.match(key)
+        if match:
+            out[f"model.backbone.norm{int(match.group(1)) - 1}.{match.group(2)}"] = value
+            continue
+        if _SWIN_UNUSED.match(key):
+            continue
+        for pattern, repl in _SWIN_COMPILED:
+            if pattern.search(key):
+                out["model.backbone." + pattern.sub(repl, key, count=1)] = value
+                break
+        else:
+            unknown.append(full_key)
+    if unknown:
+        raise ValueError(f"{len(unknown)} transformers Swin keys have no native Swin counterpart: {unknown[:10]}")
+    for (stage, block, kind), parts in sorted(qkv.items()):
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"Swin stage {stage} block {block} attention {kind}: found only {sorted(parts)} of q/k/v")
+        out[f"model.backbone.layers.{stage}.blocks.{block}.attn.qkv.{kind}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]], dim=0
+        )
+    return out
+
 
 def rename_transformers_key(key: str) -> str | None:
     """Our name for a transformers Mask2Former key (None: not a plain rename, e.g. q/k/v or the criterion)."""
@@ -139,16 +246,23 @@ def rename_transformers_key(key: str) -> str | None:
     return None
 
 
-def convert_transformers_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def convert_transformers_state_dict(
+    state_dict: Mapping[str, torch.Tensor], native_swin: bool = False
+) -> dict[str, torch.Tensor]:
     """Rename the state dict of a loaded transformers `Mask2FormerForUniversalSegmentation` onto ours.
 
     Keys must be transformers' in-memory names (`model.state_dict()` after `from_pretrained`). The
     criterion's class-weight buffer is dropped (our loss rebuilds it from the config); any other key
-    without a counterpart, or an incomplete q/k/v triple, raises `ValueError`.
+    without a counterpart, or an incomplete q/k/v triple, raises `ValueError`. `native_swin`: the
+    backbone is a transformers Swin to be loaded into our `SwinBackbone` (`backbone_type="swin"`)
+    instead of being kept as `model.backbone.body.*` (`backbone_type="auto"`).
     """
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     unknown = []
+    if native_swin:
+        out.update(_convert_swin_backbone({k: v for k, v in state_dict.items() if k.startswith(_HF_SWIN)}))
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_HF_SWIN)}
     for key, value in state_dict.items():
         if key.startswith(_TRAINING_ONLY):
             continue
@@ -393,9 +507,9 @@ def config_from_transformers_config(
 
 def build_processor_from_settings(settings: OriginalSettings):
     """Our image processor: the original test-time preprocessing and the config's post-processing flags."""
-    from .image_processing_m2f import Mask2FormerImageProcessor
+    from .image_processing_m2f import M2fHfImageProcessor
 
-    return Mask2FormerImageProcessor(**settings.processor_kwargs)
+    return M2fHfImageProcessor(**settings.processor_kwargs)
 
 
 # ---------------------------------------------------------------- folders
@@ -544,10 +658,10 @@ The license of the source checkpoint applies (the facebook/mask2former-* weights
 ```python
 import m2f_hf
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation
-from m2f_hf.image_processing_m2f import Mask2FormerImageProcessor
+from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 
 model = Mask2FormerForUniversalSegmentation.from_pretrained("{name}").eval()
-processor = Mask2FormerImageProcessor.from_pretrained("{name}")
+processor = M2fHfImageProcessor.from_pretrained("{name}")
 ```
 
 ## Conversion notes

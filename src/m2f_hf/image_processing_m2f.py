@@ -39,14 +39,14 @@ from transformers.processing_utils import ImagesKwargs
 
 from . import postprocessing as pp
 
-__all__ = ["Mask2FormerImageProcessor", "Mask2FormerImageProcessorKwargs", "resized_shape"]
+__all__ = ["M2fHfImageProcessor", "M2fHfImageProcessorKwargs", "resized_shape"]
 
 # ImageNet mean / std in the 0-255 RGB scale: the original's MODEL.PIXEL_MEAN / PIXEL_STD.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class Mask2FormerImageProcessorKwargs(ImagesKwargs, total=False):
+class M2fHfImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     size_divisibility (`int`): pad the batch to a multiple of this (the original's 32; 0 = no rounding).
     ignore_index (`int`): label of unlabelled pixels in segmentation maps (255).
@@ -101,7 +101,8 @@ def _to_uint8(array: np.ndarray, what: str) -> np.ndarray:
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > 255:
             raise ValueError(
-                f"{what}: integer image of dtype {array.dtype} has values in [{low}, {high}], outside 0..255; "
+                f"{what}: integer image of dtype {array.dtype} has values in [{low}, {high}], "
+                f"outside 0..255; "
                 "pass uint8, uint16 (16-bit data) or floats in [0, 1]"
             )
         return array.astype(np.uint8)
@@ -147,7 +148,9 @@ def _to_rgb_uint8(image: Any, index: int, input_data_format: ChannelDimension | 
         array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         channels_last = None
     else:
-        raise TypeError(f"{what}: expected a PIL image, numpy array, torch tensor or path, got {type(image).__name__}")
+        raise TypeError(
+            f"{what}: expected a PIL image, numpy array, torch tensor or path, got {type(image).__name__}"
+        )
 
     if array.ndim == 2:
         array = array[:, :, None]
@@ -157,7 +160,8 @@ def _to_rgb_uint8(image: Any, index: int, input_data_format: ChannelDimension | 
             array = np.moveaxis(array, 0, -1)
         elif fmt is None and array.shape[-1] not in (1, 2, 3, 4):
             raise ValueError(
-                f"{what}: shape {tuple(array.shape)} has no channel axis of size 1-4 (gray, gray+alpha, RGB, RGBA)"
+                f"{what}: shape {tuple(array.shape)} has no channel axis of size 1-4 "
+                "(gray, gray+alpha, RGB, RGBA)"
             )
     elif array.ndim != 3:
         raise ValueError(f"{what}: expected 2 or 3 dimensions (H, W[, C]), got shape {tuple(array.shape)}")
@@ -165,7 +169,9 @@ def _to_rgb_uint8(image: Any, index: int, input_data_format: ChannelDimension | 
     if height == 0 or width == 0:
         raise ValueError(f"{what}: empty image of size {height}x{width}")
     if channels not in (1, 2, 3, 4):
-        raise ValueError(f"{what}: {channels} channels are not supported (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)")
+        raise ValueError(
+            f"{what}: {channels} channels are not supported (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)"
+        )
     array = _to_uint8(array, what)
     if channels in (1, 2):
         array = np.repeat(array[:, :, :1], 3, axis=2)
@@ -180,8 +186,9 @@ def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarra
         return label_map
     if label_map.dtype == np.uint8:
         return np.asarray(PIL.Image.fromarray(label_map).resize((width, height), PIL.Image.NEAREST))
-    resized = F.interpolate(torch.from_numpy(label_map.astype(np.float64))[None, None], size=(height, width),
-                            mode="nearest")[0, 0]
+    resized = F.interpolate(
+        torch.from_numpy(label_map.astype(np.float64))[None, None], size=(height, width), mode="nearest"
+    )[0, 0]
     return resized.numpy().astype(label_map.dtype)
 
 
@@ -192,7 +199,7 @@ def _field(outputs: Any, name: str) -> Any:
     return value
 
 
-class Mask2FormerImageProcessor(PilBackend):
+class M2fHfImageProcessor(PilBackend):
     r"""Mask2Former image processor reproducing the original test-time preprocessing and post-processing.
 
     `processor(images)` returns a `BatchFeature` with `pixel_values` (B, 3, Hp, Wp) float32,
@@ -203,7 +210,7 @@ class Mask2FormerImageProcessor(PilBackend):
     training targets `mask_labels` (list of (N, Hp, Wp) bool, padded with False) and `class_labels`.
     """
 
-    valid_kwargs = Mask2FormerImageProcessorKwargs
+    valid_kwargs = M2fHfImageProcessorKwargs
     model_input_names = ["pixel_values", "pixel_mask"]
     resample = PILImageResampling.BILINEAR
     image_mean = PIXEL_MEAN
@@ -288,15 +295,23 @@ class Mask2FormerImageProcessor(PilBackend):
         ignore_index: int | None,
         do_reduce_labels: bool,
         return_tensors: str | None = None,
+        pad_size: Any = None,
+        data_format: ChannelDimension | str | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
+        if data_format is not None and ChannelDimension(data_format) != ChannelDimension.FIRST:
+            raise ValueError(
+                f"pixel_values are always channels-first; data_format={data_format!r} is not supported"
+            )
         original_sizes = [image.shape[:2] for image in images]
         resample = PILImageResampling.BILINEAR if resample is None else resample
         resized = []
         for image in images:
             if do_resize:
                 if not size.shortest_edge:
-                    raise ValueError(f"size must contain 'shortest_edge' (and optionally 'longest_edge'), got {size}")
+                    raise ValueError(
+                        f"size must contain 'shortest_edge' (and optionally 'longest_edge'), got {size}"
+                    )
                 h, w = resized_shape(image.shape[0], image.shape[1], size.shortest_edge, size.longest_edge)
                 if (h, w) != image.shape[:2]:
                     image = np.asarray(PIL.Image.fromarray(image).resize((w, h), resample))
@@ -305,10 +320,16 @@ class Mask2FormerImageProcessor(PilBackend):
 
         mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
         std = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
-        divisor = int(size_divisibility or 0)
         max_h = max(h for h, _ in image_sizes)
         max_w = max(w for _, w in image_sizes)
-        if divisor > 1:
+        divisor = int(size_divisibility or 0)
+        if pad_size is not None:  # an explicit pad size replaces the rounding to size_divisibility
+            if not (pad_size.height and pad_size.width) or pad_size.height < max_h or pad_size.width < max_w:
+                raise ValueError(
+                    f"pad_size must give a height and width of at least {(max_h, max_w)}, got {pad_size}"
+                )
+            max_h, max_w = int(pad_size.height), int(pad_size.width)
+        elif divisor > 1:
             max_h = int(math.ceil(max_h / divisor) * divisor)
             max_w = int(math.ceil(max_w / divisor) * divisor)
         batch = np.zeros((len(resized), 3, max_h, max_w), dtype=np.float32)
@@ -332,8 +353,13 @@ class Mask2FormerImageProcessor(PilBackend):
         encoded = BatchFeature(data=data, tensor_type=return_tensors)
         if segmentation_maps is not None:
             mask_labels, class_labels = self._targets(
-                segmentation_maps, instance_id_to_semantic_id, original_sizes, image_sizes, (max_h, max_w),
-                ignore_index, do_reduce_labels,
+                segmentation_maps,
+                instance_id_to_semantic_id,
+                original_sizes,
+                image_sizes,
+                (max_h, max_w),
+                ignore_index,
+                do_reduce_labels,
             )
             encoded["mask_labels"] = mask_labels
             encoded["class_labels"] = class_labels
@@ -353,7 +379,9 @@ class Mask2FormerImageProcessor(PilBackend):
         (`targets.py`), pad the masks with False like the images."""
         from .targets import instance_to_targets, pad_targets, semantic_to_targets
 
-        if isinstance(instance_id_to_semantic_id, list) and len(instance_id_to_semantic_id) != len(segmentation_maps):
+        if isinstance(instance_id_to_semantic_id, list) and len(instance_id_to_semantic_id) != len(
+            segmentation_maps
+        ):
             raise ValueError(
                 f"got {len(instance_id_to_semantic_id)} instance_id_to_semantic_id mappings for "
                 f"{len(segmentation_maps)} segmentation maps"
@@ -366,12 +394,15 @@ class Mask2FormerImageProcessor(PilBackend):
                 label_map = label_map.detach().cpu().numpy()
             label_map = np.asarray(label_map)
             if label_map.ndim == 3 and 1 in (label_map.shape[0], label_map.shape[-1]):
-                label_map = label_map.reshape(label_map.shape[1:] if label_map.shape[0] == 1 else label_map.shape[:2])
+                label_map = label_map.reshape(
+                    label_map.shape[1:] if label_map.shape[0] == 1 else label_map.shape[:2]
+                )
             if label_map.ndim != 2:
                 raise ValueError(f"segmentation map {i} must be (H, W), got shape {tuple(label_map.shape)}")
             if tuple(label_map.shape) != tuple(original_sizes[i]):
                 raise ValueError(
-                    f"segmentation map {i} has size {tuple(label_map.shape)} but image {i} is {tuple(original_sizes[i])}"
+                    f"segmentation map {i} has size {tuple(label_map.shape)} but image {i} is "
+                    f"{tuple(original_sizes[i])}"
                 )
             label_map = _resize_label_map(label_map, tuple(image_sizes[i]))
             mapping = (
@@ -380,11 +411,13 @@ class Mask2FormerImageProcessor(PilBackend):
                 else instance_id_to_semantic_id
             )
             if mapping is None:
-                masks, classes = semantic_to_targets(label_map, ignore_index=ignore_index,
-                                                     do_reduce_labels=do_reduce_labels)
+                masks, classes = semantic_to_targets(
+                    label_map, ignore_index=ignore_index, do_reduce_labels=do_reduce_labels
+                )
             else:
-                masks, classes = instance_to_targets(label_map, mapping, ignore_index=ignore_index,
-                                                     do_reduce_labels=do_reduce_labels)
+                masks, classes = instance_to_targets(
+                    label_map, mapping, ignore_index=ignore_index, do_reduce_labels=do_reduce_labels
+                )
             mask_labels.append(pad_targets(masks, padded_size))
             class_labels.append(classes)
         return mask_labels, class_labels
@@ -397,9 +430,15 @@ class Mask2FormerImageProcessor(PilBackend):
             raise ValueError("outputs must carry class_queries_logits and masks_queries_logits")
         if class_logits.ndim != 3 or mask_logits.ndim != 4 or class_logits.shape[:2] != mask_logits.shape[:2]:
             raise ValueError(
-                f"expected class logits (B, Q, K+1) and mask logits (B, Q, h, w), got {tuple(class_logits.shape)} "
+                f"expected class logits (B, Q, K+1) and mask logits (B, Q, h, w), got "
+                f"{tuple(class_logits.shape)} "
                 f"and {tuple(mask_logits.shape)}"
             )
+        # Half-precision outputs are post-processed in float32, the precision of the original rules.
+        if class_logits.dtype in (torch.float16, torch.bfloat16):
+            class_logits = class_logits.float()
+        if mask_logits.dtype in (torch.float16, torch.bfloat16):
+            mask_logits = mask_logits.float()
         batch = class_logits.shape[0]
         padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
         image_sizes = _field(outputs, "image_sizes")
@@ -420,7 +459,9 @@ class Mask2FormerImageProcessor(PilBackend):
         return class_logits, mask_logits, crops, targets
 
     @staticmethod
-    def _masks_at_target(mask_logits: torch.Tensor, crop: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    def _masks_at_target(
+        mask_logits: torch.Tensor, crop: tuple[int, int], target: tuple[int, int]
+    ) -> torch.Tensor:
         """(Q, h, w) mask logits → padded size → crop → target size (the original's order)."""
         padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
         return pp.crop_and_resize(pp.upsample_to_padded(mask_logits, padded), crop, target)
@@ -446,7 +487,8 @@ class Mask2FormerImageProcessor(PilBackend):
         to the target, then Σ_q softmax(class)[:K]·sigmoid(mask) is argmaxed over classes; with
         `sem_seg_postprocess_before_inference=False` the score map is computed at the padded size and
         cropped/resized afterwards. The K score maps are evaluated a few classes at a time unless
-        `return_segmentation_scores` asks for them (then each item is {"segmentation", "segmentation_scores"}).
+        `return_segmentation_scores` asks for them (then each item is a dict with "segmentation" and
+        "segmentation_scores").
         """
         class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
         results = []
@@ -491,13 +533,16 @@ class Mask2FormerImageProcessor(PilBackend):
             "label_id", "was_fused", "score"}]} (`score` = class probability of the segment's first query).
         """
         threshold = self.object_mask_threshold if threshold is None else threshold
-        overlap = self.overlap_threshold if overlap_mask_area_threshold is None else overlap_mask_area_threshold
+        overlap = (
+            self.overlap_threshold if overlap_mask_area_threshold is None else overlap_mask_area_threshold
+        )
         class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
         num_classes = class_logits.shape[-1] - 1
         device = mask_logits.device
         if label_ids_to_fuse is None:
-            fuse = ~self._class_flags(range(num_classes) if self.thing_ids is None else self.thing_ids,
-                                      num_classes, device)
+            fuse = ~self._class_flags(
+                range(num_classes) if self.thing_ids is None else self.thing_ids, num_classes, device
+            )
         else:
             fuse = self._class_flags(label_ids_to_fuse, num_classes, device)
         results = []
@@ -509,7 +554,7 @@ class Mask2FormerImageProcessor(PilBackend):
             labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
             info = [
                 {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
-                for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused))
+                for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused, strict=True))
             ]
             results.append({"segmentation": panoptic, "segments_info": info})
         return results
@@ -557,7 +602,9 @@ class Mask2FormerImageProcessor(PilBackend):
             binary = found["masks"]
             info = [
                 {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
-                for i, (label, score) in enumerate(zip(found["labels"].tolist(), found["scores"].tolist()))
+                for i, (label, score) in enumerate(
+                    zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
+                )
             ]
             if return_binary_maps:
                 segmentation = binary
@@ -565,7 +612,11 @@ class Mask2FormerImageProcessor(PilBackend):
                 segmentation = pp.rle_encode(binary)
             else:
                 covered = binary.any(dim=0)
-                first = binary.int().argmax(dim=0) if binary.shape[0] else torch.zeros_like(covered, dtype=torch.long)
+                first = (
+                    binary.int().argmax(dim=0)
+                    if binary.shape[0]
+                    else torch.zeros_like(covered, dtype=torch.long)
+                )
                 segmentation = torch.where(covered, first + 1, 0).to(torch.int32)
             results.append({"segmentation": segmentation, "segments_info": info})
         return results

@@ -375,7 +375,7 @@ def label_kwargs(
 def processor_kwargs_for(
     config: Mask2FormerConfig, min_size: int, max_size: int, mean_rgb: list[float], std_rgb: list[float]
 ) -> dict[str, Any]:
-    """Keyword arguments of `Mask2FormerImageProcessor` for the original's test-time behaviour."""
+    """Keyword arguments of `M2fHfImageProcessor` for the original's test-time behaviour."""
     return {
         "size": {"shortest_edge": int(min_size), "longest_edge": int(max_size)},
         "image_mean": [float(v) for v in mean_rgb],

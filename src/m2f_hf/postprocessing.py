@@ -43,7 +43,9 @@ def upsample_to_padded(mask_logits: torch.Tensor, padded_size: tuple[int, int]) 
     return x[0] if squeeze else x
 
 
-def crop_and_resize(x: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
+def crop_and_resize(
+    x: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]
+) -> torch.Tensor:
     """detectron2 `sem_seg_postprocess`: keep the top-left `image_size` (the unpadded image), then resize
     bilinearly (align_corners=False) to `output_size`. `x` is (N, Hp, Wp); returns (N, H, W)."""
     h, w = (int(s) for s in image_size)
@@ -65,7 +67,9 @@ def semantic_inference(class_logits: torch.Tensor, mask_probs: torch.Tensor) -> 
     return torch.einsum("qc,qhw->chw", class_probs, mask_probs)
 
 
-def _running_argmax(num_classes: int, scores_for: Callable[[slice], torch.Tensor], chunk: int) -> torch.Tensor:
+def _running_argmax(
+    num_classes: int, scores_for: Callable[[slice], torch.Tensor], chunk: int
+) -> torch.Tensor:
     """argmax over classes of a (K, H, W) score map produced `chunk` classes at a time.
 
     Ties resolve to the lowest class index, like `torch.argmax` on the full map.
@@ -269,7 +273,7 @@ def _runs_column_major(masks: torch.Tensor) -> list[list[int]]:
     for count in per_row:
         bounds = [0, *positions[start : start + count], length]
         start += count
-        runs.append([b - a for a, b in zip(bounds[:-1], bounds[1:])])
+        runs.append([b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     return runs
 
 
@@ -297,7 +301,9 @@ def rle_encode(masks: torch.Tensor) -> list[dict]:
     height, width = int(masks.shape[1]), int(masks.shape[2])
     if masks.shape[0] == 0:
         return []
-    return [{"size": [height, width], "counts": _compress_counts(r)} for r in _runs_column_major(masks.bool())]
+    return [
+        {"size": [height, width], "counts": _compress_counts(r)} for r in _runs_column_major(masks.bool())
+    ]
 
 
 def _decompress_counts(text: str) -> list[int]:
@@ -329,7 +335,9 @@ def rle_decode(rle: dict) -> torch.Tensor:
         counts = _decompress_counts(counts)
     counts = [int(c) for c in counts]
     if sum(counts) != height * width:
-        raise ValueError(f"RLE counts sum to {sum(counts)}, expected {height * width} for size {(height, width)}")
+        raise ValueError(
+            f"RLE counts sum to {sum(counts)}, expected {height * width} for size {(height, width)}"
+        )
     values = torch.arange(len(counts)) % 2 == 1
     flat = torch.repeat_interleave(values, torch.tensor(counts, dtype=torch.long))
     return flat.reshape(width, height).t().contiguous()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from .configuration_m2f import Mask2FormerConfig
+from .image_processing_m2f import M2fHfImageProcessor
 from .modeling_m2f import Mask2FormerForUniversalSegmentation, Mask2FormerModel
 
 
 def register_auto_classes() -> None:
     from transformers import (
         AutoConfig,
+        AutoImageProcessor,
         AutoModel,
         AutoModelForImageSegmentation,
         AutoModelForUniversalSegmentation,
@@ -18,3 +20,10 @@ def register_auto_classes() -> None:
     AutoModel.register(Mask2FormerConfig, Mask2FormerModel, exist_ok=True)
     for auto in (AutoModelForUniversalSegmentation, AutoModelForImageSegmentation):
         auto.register(Mask2FormerConfig, Mask2FormerForUniversalSegmentation, exist_ok=True)
+    # one preprocessing implementation (Pillow's anti-aliased resize is what the original uses) serves both
+    # backend names, so `use_fast`/`backend` choices never fall back to a different preprocessing
+    AutoImageProcessor.register(
+        Mask2FormerConfig,
+        image_processor_classes={"pil": M2fHfImageProcessor, "torchvision": M2fHfImageProcessor},
+        exist_ok=True,
+    )
