@@ -17,6 +17,7 @@ from m2f_hf.convert_transformers import (
     dataset_from_name,
     load_transformers_checkpoint,
     maybe_convert_transformers_folder,
+    native_swin_blockers,
     settings_from_transformers_config,
 )
 from m2f_hf.label_sets import LABEL_SETS
@@ -125,7 +126,7 @@ def test_outputs_match_transformers(saved_transformers_model, size):
 
 def test_state_dict_mapping_covers_every_parameter(saved_transformers_model):
     _, _, reference, model = saved_transformers_model
-    converted = convert_transformers_state_dict(reference.state_dict())
+    converted = convert_transformers_state_dict(reference.state_dict(), native_swin=True)
     ours = model.state_dict()
     assert set(converted) == set(ours)
     for key, value in converted.items():
@@ -161,8 +162,12 @@ def test_config_fields_carried_over(saved_transformers_model):
     assert cfg.num_attention_heads == head.get("num_attention_heads", 8)
     assert cfg.dim_feedforward == head.get("dim_feedforward", 2048)
     assert cfg.encoder_feedforward_dim == head.get("encoder_feedforward_dim", 1024)
-    assert cfg.backbone_type == "auto" and cfg.backbone_config["model_type"] == "swin"
+    # a transformers Swin runs as the native (original D2) Swin by default
+    assert cfg.backbone_type == "swin"
     assert cfg.backbone_config["embed_dim"] == 32 and list(cfg.backbone_config["depths"]) == [1, 1, 1, 1]
+    assert list(cfg.backbone_config["num_heads"]) == [1, 2, 4, 8] and cfg.backbone_config["window_size"] == 7
+    kept = config_from_transformers_config(reference.config, native_swin=False)
+    assert kept.backbone_type == "auto" and kept.backbone_config["model_type"] == "swin"
     assert (cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.no_object_weight) == (2.0, 5.0, 5.0, 0.1)
 
 
@@ -175,7 +180,7 @@ def test_converted_folder_loads_and_uses_original_preprocessing(saved_transforme
     spec.loader.exec_module(module)
     assert module.main(["--model", str(folder), "--output", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "m2f_hf_mask2former" and config["backbone_type"] == "auto"
+    assert config["model_type"] == "m2f_hf_mask2former" and config["backbone_type"] == "swin"
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["size"] == {
         "shortest_edge": 800,
@@ -342,3 +347,67 @@ def test_mapillary_uses_the_zoo_ignore_value():
     settings = settings_from_transformers_config(_generic(65), dataset="mapillary_semantic")
     assert settings.config.ignore_value == 65 and settings.processor_kwargs["ignore_index"] == 65
     assert settings.config.object_mask_threshold == 0.0
+
+
+# ---------------------------------------------------------------- native Swin vs transformers' Swin
+
+
+def test_native_swin_matches_transformers_backbone(saved_transformers_model):
+    """The transformers Swin mapped onto our SwinBackbone gives its features, and so the same outputs."""
+    _, folder, reference, native = saved_transformers_model
+    kept = load_transformers_checkpoint(folder, native_swin=False)
+    assert native.config.backbone_type == "swin" and kept.config.backbone_type == "auto"
+    # odd sizes: patch padding, window padding and odd patch merging all take part
+    torch.manual_seed(3)
+    pixel_values = torch.randn(2, 3, 83, 157)
+    with torch.no_grad():
+        ref_maps = reference.model.pixel_level_module.encoder(pixel_values).feature_maps
+        ours = native.model.backbone(pixel_values)
+        ref = reference(pixel_values, output_auxiliary_logits=True)
+        out_native = native(pixel_values)
+        out_kept = kept(pixel_values)
+    assert len(ref_maps) == len(ours) == 4
+    for name, ref_map in zip(("res2", "res3", "res4", "res5"), ref_maps, strict=True):
+        assert ours[name].shape == ref_map.shape, name
+        diff = (ours[name] - ref_map).abs().max().item()
+        assert diff <= TOL, (name, diff)
+    for out in (out_native, out_kept):
+        assert max(_max_diffs(ref, out).values()) <= TOL
+
+
+def test_native_swin_state_dict_mapping():
+    model = transformers.Mask2FormerForUniversalSegmentation(
+        transformers_config(swin=dict(SWIN, depths=[1, 2, 1, 1]), **HEADS["post_norm"])
+    )
+    hf_sd = model.state_dict()
+    converted = convert_transformers_state_dict(hf_sd, native_swin=True)
+    ours = Mask2FormerForUniversalSegmentation(config_from_transformers_config(model.config)).state_dict()
+    assert set(converted) == set(ours) - {"criterion.empty_weight"}
+    for key, value in converted.items():
+        assert value.shape == ours[key].shape, key
+    swin = "model.pixel_level_module.encoder."
+    block = swin + "swin.encoder.layers.1.blocks.1.attention."
+    packed = converted["model.backbone.layers.1.blocks.1.attn.qkv.weight"]
+    for i, which in enumerate("qkv"):
+        assert torch.equal(packed[i * 64 : (i + 1) * 64], hf_sd[block + f"{which}_proj.weight"])
+    stage4_norm = hf_sd[swin + "hidden_states_norms.stage4.weight"]
+    assert torch.equal(converted["model.backbone.norm3.weight"], stage4_norm)
+    assert torch.equal(
+        converted["model.backbone.layers.1.blocks.1.attn.proj.bias"], hf_sd[block + "o_proj.bias"]
+    )
+    # an incomplete q/k/v triple or a key from another Swin version is an error, not a silent skip
+    cut = {k: v for k, v in hf_sd.items() if not k.endswith("blocks.0.attention.k_proj.bias")}
+    with pytest.raises(ValueError, match="q/k/v"):
+        convert_transformers_state_dict(cut, native_swin=True)
+    odd = dict(hf_sd, **{swin + "swin.encoder.layers.0.blocks.0.attention.gamma": torch.zeros(1)})
+    with pytest.raises(ValueError, match="no native Swin counterpart"):
+        convert_transformers_state_dict(odd, native_swin=True)
+
+
+def test_native_swin_refused_for_unsupported_swin_configs():
+    cfg = transformers_config(swin=dict(SWIN, hidden_act="relu")).to_dict()
+    assert config_from_transformers_config(cfg).backbone_type == "auto"  # automatic: falls back
+    with pytest.raises(ValueError, match="hidden_act"):
+        config_from_transformers_config(cfg, native_swin=True)
+    cfg = transformers_config(swin=dict(SWIN, out_features=["stage2", "stage3", "stage4"])).to_dict()
+    assert native_swin_blockers(cfg["backbone_config"])

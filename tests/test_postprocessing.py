@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from m2f_hf import postprocessing as pp
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
@@ -26,8 +29,28 @@ def unpack(packed: np.ndarray, width: int) -> np.ndarray:
     return np.unpackbits(packed, axis=-1)[..., :width].astype(bool)
 
 
+@functools.lru_cache(maxsize=None)
+def end_to_end_outputs(name: str):
+    """PNG files → converted checkpoint's processor → model: the whole path, from the original's files."""
+    from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
+
+    from m2f_hf.convert_original import convert_checkpoint
+
+    folder = FIXTURES / name
+    out = Path(tempfile.mkdtemp(prefix=f"m2f_e2e_{name}_"))
+    convert_checkpoint(folder / "model_final.pkl", out, config_path=folder / "config.yaml", progress=False)
+    processor = AutoImageProcessor.from_pretrained(out)
+    model = AutoModelForUniversalSegmentation.from_pretrained(out).eval()
+    images = [Image.open(folder / f"input_image{j}.png") for j in range(2)]
+    inputs = processor(images, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+    return processor, outputs, [tuple(s) for s in inputs["original_sizes"].tolist()]
+
+
 def load_case(name: str, source: str):
-    """Processor, model-like outputs and oracle results for synthetic ("probe") or real ("real") outputs."""
+    """Processor, model outputs and oracle results for synthetic ("probe") or stored ("real") head outputs,
+    or for the whole path from the PNG files ("e2e")."""
     folder = FIXTURES / name
     meta = json.loads((folder / "meta.json").read_text())
     inputs = np.load(folder / "inputs.npz")
@@ -59,10 +82,18 @@ def load_case(name: str, source: str):
         class_queries_logits=logits, masks_queries_logits=masks, image_sizes=torch.from_numpy(image_sizes)
     )
     target_sizes = [tuple(s) for s in orig_sizes.tolist()]
+    if source == "e2e":
+        saved_processor, outputs, e2e_sizes = end_to_end_outputs(name)
+        assert e2e_sizes == target_sizes
+        assert outputs.image_sizes.tolist() == image_sizes.tolist()
+        for key in ("size", "thing_ids", "object_mask_threshold", "overlap_threshold", "test_topk_per_image",
+                    "sem_seg_postprocess_before_inference", "image_mean", "image_std"):
+            assert getattr(saved_processor, key) == getattr(processor, key), key
+        processor = saved_processor
     return processor, outputs, target_sizes, data, info, meta
 
 
-CASES = [(name, source) for name in NAMES for source in ("probe", "real")]
+CASES = [(name, source) for name in NAMES for source in ("probe", "real", "e2e")]
 
 
 @pytest.mark.parametrize("name,source", CASES)

@@ -147,7 +147,9 @@ _SWIN_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^swin\.encoder\.layers\.(\d+)\.downsample\.(reduction|norm)\.", r"layers.\1.downsample.\2."),
 )
 _SWIN_COMPILED = tuple((re.compile(pattern), repl) for pattern, repl in _SWIN_RENAMES)
-_SWIN_QKV = re.compile(r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
+_SWIN_QKV = re.compile(
+    r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$"
+)
 _SWIN_STAGE_NORM = re.compile(r"^hidden_states_norms\.stage(\d+)\.(weight|bias)$")
 # the final `swin.layernorm` belongs to the classification model; the backbone never applies it
 _SWIN_UNUSED = re.compile(r"^swin\.layernorm\.(weight|bias)$")
@@ -228,10 +230,14 @@ def _convert_swin_backbone(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
         else:
             unknown.append(full_key)
     if unknown:
-        raise ValueError(f"{len(unknown)} transformers Swin keys have no native Swin counterpart: {unknown[:10]}")
+        raise ValueError(
+            f"{len(unknown)} transformers Swin keys have no native Swin counterpart: {unknown[:10]}"
+        )
     for (stage, block, kind), parts in sorted(qkv.items()):
         if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"Swin stage {stage} block {block} attention {kind}: found only {sorted(parts)} of q/k/v")
+            raise ValueError(
+                f"Swin stage {stage} block {block} attention {kind}: found only {sorted(parts)} of q/k/v"
+            )
         out[f"model.backbone.layers.{stage}.blocks.{block}.attn.qkv.{kind}"] = torch.cat(
             [parts["q"], parts["k"], parts["v"]], dim=0
         )
@@ -397,13 +403,18 @@ def _check_supported(cfg: dict[str, Any]) -> None:
 
 
 def settings_from_transformers_config(
-    config: Any, dataset: str | None = None, name_hints: list[str] | tuple[str, ...] = ()
+    config: Any,
+    dataset: str | None = None,
+    name_hints: list[str] | tuple[str, ...] = (),
+    native_swin: bool | None = None,
 ) -> OriginalSettings:
     """Our config plus the original test-time processor settings for a transformers Mask2Former config.
 
     config: a transformers `Mask2FormerConfig` or its dict (config.json). dataset: label-set key or
     detectron2 dataset name; without it the dataset is read from `name_hints` (checkpoint name, folder)
-    or from the label count and class names.
+    or from the label count and class names. native_swin: run a transformers Swin backbone as our
+    native `SwinBackbone` (`backbone_type="swin"`); None (default) does so whenever the Swin config
+    allows it (`native_swin_blockers`), True raises if it does not, False keeps the transformers backbone.
     """
     cfg = _as_dict(config)
     _check_supported(cfg)
@@ -423,6 +434,16 @@ def settings_from_transformers_config(
         )
 
     backbone_kind = "swin" if backbone.get("model_type") == "swin" else "auto"
+    blockers = native_swin_blockers(backbone)
+    if native_swin and blockers:
+        raise ValueError("native_swin=True but " + "; ".join(blockers))
+    if native_swin is None:
+        native_swin = not blockers
+    if native_swin:
+        backbone_type, backbone_config = "swin", swin_backbone_config_from_transformers(backbone)
+        notes.append("transformers Swin backbone mapped onto the native (original D2) Swin")
+    else:
+        backbone_type, backbone_config = "auto", backbone
     if label_set is not None:
         test = zoo_test_settings(label_set.key, backbone_kind, backbone.get("window_size"))
         names = id2label if not _is_generic(id2label) else label_set.id2label
@@ -443,8 +464,8 @@ def settings_from_transformers_config(
         names, thing_ids = id2label, None
     size_divisibility = 32
     ours = Mask2FormerConfig(
-        backbone_type="auto",
-        backbone_config=backbone,
+        backbone_type=backbone_type,
+        backbone_config=backbone_config,
         feature_size=int(cfg.get("feature_size", 256)),
         mask_feature_size=int(cfg.get("mask_feature_size", 256)),
         encoder_layers=int(cfg.get("encoder_layers", 6)),
@@ -499,10 +520,13 @@ def settings_from_transformers_config(
 
 
 def config_from_transformers_config(
-    config: Any, dataset: str | None = None, name_hints: list[str] | tuple[str, ...] = ()
+    config: Any,
+    dataset: str | None = None,
+    name_hints: list[str] | tuple[str, ...] = (),
+    native_swin: bool | None = None,
 ) -> Mask2FormerConfig:
     """Our `Mask2FormerConfig` for a transformers Mask2Former config (`settings_from_transformers_config`)."""
-    return settings_from_transformers_config(config, dataset, name_hints).config
+    return settings_from_transformers_config(config, dataset, name_hints, native_swin).config
 
 
 def build_processor_from_settings(settings: OriginalSettings):
@@ -540,9 +564,13 @@ def import_transformers_checkpoint(
     path_or_folder: str | Path,
     dataset: str | None = None,
     dtype: str | torch.dtype | None = None,
+    native_swin: bool | None = None,
     **hub_kwargs: Any,
 ) -> TransformersImport:
-    """Load a transformers Mask2Former checkpoint (folder or Hub id) and convert it; keeps the settings."""
+    """Load a transformers Mask2Former checkpoint (folder or Hub id) and convert it; keeps the settings.
+
+    native_swin: see `settings_from_transformers_config` (default: native Swin whenever possible).
+    """
     from transformers import Mask2FormerForUniversalSegmentation as TransformersMask2Former
 
     from .modeling_m2f import Mask2FormerForUniversalSegmentation
@@ -568,8 +596,10 @@ def import_transformers_checkpoint(
     if problems:
         raise ValueError(f"{source}: the checkpoint does not fit its own transformers config: {problems}")
     hints = [source, str(local.resolve()) if local.exists() else source]
-    settings = settings_from_transformers_config(hf_model.config, dataset, hints)
-    state_dict = convert_transformers_state_dict(hf_model.state_dict())
+    settings = settings_from_transformers_config(hf_model.config, dataset, hints, native_swin)
+    state_dict = convert_transformers_state_dict(
+        hf_model.state_dict(), native_swin=settings.config.backbone_type == "swin"
+    )
     model = Mask2FormerForUniversalSegmentation(settings.config).eval()
     result = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(_TRAINING_ONLY)]
@@ -587,10 +617,11 @@ def load_transformers_checkpoint(
     path_or_folder: str | Path,
     dataset: str | None = None,
     dtype: str | torch.dtype | None = None,
+    native_swin: bool | None = None,
     **hub_kwargs: Any,
 ):
     """Our `Mask2FormerForUniversalSegmentation` (eval mode) with a transformers checkpoint's weights."""
-    return import_transformers_checkpoint(path_or_folder, dataset, dtype, **hub_kwargs).model
+    return import_transformers_checkpoint(path_or_folder, dataset, dtype, native_swin, **hub_kwargs).model
 
 
 def processor_for_transformers_checkpoint(
@@ -612,12 +643,13 @@ def convert_transformers_checkpoint(
     dataset: str | None = None,
     dtype: str = "float32",
     push_to_hub: str | None = None,
+    native_swin: bool | None = None,
     **hub_kwargs: Any,
 ) -> TransformersImport:
     """Write an m2f_hf folder (config, weights, image processor, README) for a transformers checkpoint."""
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(TORCH_DTYPES)}")
-    imported = import_transformers_checkpoint(path_or_folder, dataset, dtype, **hub_kwargs)
+    imported = import_transformers_checkpoint(path_or_folder, dataset, dtype, native_swin, **hub_kwargs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     imported.model.save_pretrained(output_dir)
@@ -639,6 +671,7 @@ def _model_card(imported: TransformersImport, name: str) -> str:
     s, cfg = imported.settings, imported.settings.config
     notes = "\n".join(f"- {n}" for n in s.notes) or "- none"
     size, divisor = s.processor_kwargs["size"], s.processor_kwargs["size_divisibility"]
+    backbone = cfg.backbone_config.get("model_type", cfg.backbone_type)
     return f"""---
 library_name: transformers
 pipeline_tag: image-segmentation
@@ -648,7 +681,7 @@ tags:
 - image-segmentation
 ---
 
-# Mask2Former ({cfg.backbone_config.get("model_type")} backbone, {s.dataset or "unknown dataset"})
+# Mask2Former ({backbone} backbone, {s.dataset or "unknown dataset"})
 
 Converted from the transformers-format Mask2Former checkpoint `{imported.source}` into the `m2f_hf` format
 (same weights and the same computation) with the original test-time preprocessing: shortest edge
@@ -740,8 +773,10 @@ __all__ = [
     "import_transformers_checkpoint",
     "load_transformers_checkpoint",
     "maybe_convert_transformers_folder",
+    "native_swin_blockers",
     "processor_for_transformers_checkpoint",
     "read_transformers_config",
     "rename_transformers_key",
     "settings_from_transformers_config",
+    "swin_backbone_config_from_transformers",
 ]
