@@ -86,7 +86,8 @@ def load_case(name: str, source: str):
         saved_processor, outputs, e2e_sizes = end_to_end_outputs(name)
         assert e2e_sizes == target_sizes
         assert outputs.image_sizes.tolist() == image_sizes.tolist()
-        for key in ("size", "thing_ids", "object_mask_threshold", "overlap_threshold", "test_topk_per_image",
+        assert list(saved_processor.thing_ids) == list(meta["thing_contiguous_ids"])
+        for key in ("size", "object_mask_threshold", "overlap_threshold", "test_topk_per_image",
                     "sem_seg_postprocess_before_inference", "image_mean", "image_std"):
             assert getattr(saved_processor, key) == getattr(processor, key), key
         processor = saved_processor

@@ -215,7 +215,7 @@ class TrainTransform:
                 kwargs["panoptic_map"] = panoptic
             result = self.augmentation(image, rng=rng if rng is not None else np.random.default_rng(), **kwargs)
             image = result["image"]
-            semantic = result.get("semantic_map", semantic if semantic is None else None)
+            semantic = result.get("semantic_map")
             panoptic = result.get("panoptic_map") if "panoptic_map" in kwargs else None
         masks, labels = _task_targets(
             self.task, semantic, panoptic, sample.get("segments_info"), self.thing_ids, self.ignore_index
