@@ -55,9 +55,11 @@ class DeformableEncoder(nn.Module):
         """Pixel centres of every level normalised to [0, 1], repeated for all levels: (1, S, L, 2)."""
         refs = []
         for height, width in spatial_shapes:
+            # arange + 0.5 equals the original's linspace(0.5, n - 0.5, n) bit for bit (the step is exactly
+            # 1) and, unlike linspace, keeps n symbolic under torch.export
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+                torch.arange(height, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(width, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             refs.append(torch.stack((ref_x.reshape(-1) / width, ref_y.reshape(-1) / height), -1))
