@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -34,7 +32,7 @@ from tqdm.auto import tqdm
 
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 from m2f_hf.augmentation import large_scale_jitter, semantic_segmentation_augmentation
-from m2f_hf.image_processing_m2f import Mask2FormerImageProcessor
+from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 from m2f_hf.training import (
     TASKS,
     PointSampler,
@@ -56,7 +54,7 @@ LOSS_SUMMARY_TERMS = ("loss_ce", "loss_mask", "loss_dice")
 CONFIG_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         backbone_type="swin",
-        backbone_config=dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=4,
+        backbone_config=dict(embed_dim=24, depths=[2, 2, 2, 1], num_heads=[1, 2, 4, 8], window_size=4,
                              pretrain_img_size=128, drop_path_rate=0.0),
         feature_size=64, mask_feature_size=64, hidden_dim=64, num_attention_heads=4, dim_feedforward=256,
         encoder_layers=2, encoder_feedforward_dim=256, decoder_layers=7, num_queries=16,
@@ -343,11 +341,11 @@ def build_model(args: argparse.Namespace, labels: LabelInfo | None) -> Mask2Form
     return Mask2FormerForUniversalSegmentation(config)
 
 
-def build_processor(args: argparse.Namespace, config: Mask2FormerConfig) -> Mask2FormerImageProcessor:
+def build_processor(args: argparse.Namespace, config: Mask2FormerConfig) -> M2fHfImageProcessor:
     if args.model and (Path(args.model) / "preprocessor_config.json").is_file():
-        return Mask2FormerImageProcessor.from_pretrained(args.model, thing_ids=config.thing_ids)
+        return M2fHfImageProcessor.from_pretrained(args.model, thing_ids=config.thing_ids)
     shortest = args.eval_shortest_edge or args.image_size
-    return Mask2FormerImageProcessor(
+    return M2fHfImageProcessor(
         size={"shortest_edge": shortest, "longest_edge": max(shortest, int(shortest * 1333 / 800))},
         thing_ids=config.thing_ids,
         object_mask_threshold=config.object_mask_threshold,
@@ -536,7 +534,7 @@ FINAL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "
                "training_args.json")
 
 
-def save_final(model: Mask2FormerForUniversalSegmentation, processor: Mask2FormerImageProcessor,
+def save_final(model: Mask2FormerForUniversalSegmentation, processor: M2fHfImageProcessor,
                args: argparse.Namespace, metrics: dict[str, float], train_source: SampleSource,
                eval_source: SampleSource, output_dir: Path) -> None:
     """The Hub folder: weights, config, processor, model card, metrics and the training arguments."""

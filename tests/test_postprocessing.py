@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import oracle
 import pytest
 import torch
 from PIL import Image
@@ -29,16 +29,13 @@ def unpack(packed: np.ndarray, width: int) -> np.ndarray:
     return np.unpackbits(packed, axis=-1)[..., :width].astype(bool)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def end_to_end_outputs(name: str):
     """PNG files → converted checkpoint's processor → model: the whole path, from the original's files."""
     from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
-    from m2f_hf.convert_original import convert_checkpoint
-
     folder = FIXTURES / name
-    out = Path(tempfile.mkdtemp(prefix=f"m2f_e2e_{name}_"))
-    convert_checkpoint(folder / "model_final.pkl", out, config_path=folder / "config.yaml", progress=False)
+    out = oracle.converted(name)
     processor = AutoImageProcessor.from_pretrained(out)
     model = AutoModelForUniversalSegmentation.from_pretrained(out).eval()
     images = [Image.open(folder / f"input_image{j}.png") for j in range(2)]
@@ -94,14 +91,19 @@ def load_case(name: str, source: str):
     return processor, outputs, target_sizes, data, info, meta
 
 
-CASES = [(name, source) for name in NAMES for source in ("probe", "real", "e2e")]
+def cases(task_flag: str) -> list[tuple[str, str]]:
+    """(fixture, source) pairs for the fixtures whose original config runs this post-processing task."""
+    return [
+        (name, source)
+        for name in NAMES
+        if oracle.meta(name)["task_flags"][task_flag]
+        for source in ("probe", "real", "e2e")
+    ]
 
 
-@pytest.mark.parametrize("name,source", CASES)
+@pytest.mark.parametrize("name,source", cases("semantic_on"))
 def test_semantic_matches_original(name, source):
     processor, outputs, target_sizes, data, info, meta = load_case(name, source)
-    if not meta["task_flags"]["semantic_on"]:
-        pytest.skip("semantic inference is off in this fixture")
     results = processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
     for j, result in enumerate(results):
         ref = data[f"img{j}_sem_seg_argmax"].astype(np.int64)
@@ -113,11 +115,9 @@ def test_semantic_matches_original(name, source):
         assert mismatch.sum() == 0, f"img{j}: {mismatch.sum()} stable pixels differ"
 
 
-@pytest.mark.parametrize("name,source", CASES)
+@pytest.mark.parametrize("name,source", cases("semantic_on"))
 def test_semantic_scores_match_original_max(name, source):
     processor, outputs, target_sizes, data, info, meta = load_case(name, source)
-    if not meta["task_flags"]["semantic_on"]:
-        pytest.skip("semantic inference is off in this fixture")
     results = processor.post_process_semantic_segmentation(
         outputs, target_sizes=target_sizes, return_segmentation_scores=True
     )
@@ -132,11 +132,9 @@ def test_semantic_scores_match_original_max(name, source):
         assert same[margin].all()
 
 
-@pytest.mark.parametrize("name,source", CASES)
+@pytest.mark.parametrize("name,source", cases("panoptic_on"))
 def test_panoptic_matches_original(name, source):
     processor, outputs, target_sizes, data, info, meta = load_case(name, source)
-    if not meta["task_flags"]["panoptic_on"]:
-        pytest.skip("panoptic inference is off in this fixture")
     thing = set(meta["thing_contiguous_ids"])
     results = processor.post_process_panoptic_segmentation(outputs, target_sizes=target_sizes)
     for j, result in enumerate(results):
@@ -159,11 +157,9 @@ def test_panoptic_matches_original(name, source):
         assert results[2]["segments_info"] == [] and int(results[2]["segmentation"].abs().sum()) == 0
 
 
-@pytest.mark.parametrize("name,source", CASES)
+@pytest.mark.parametrize("name,source", cases("instance_on"))
 def test_instances_match_original(name, source):
     processor, outputs, target_sizes, data, info, meta = load_case(name, source)
-    if not meta["task_flags"]["instance_on"]:
-        pytest.skip("instance inference is off in this fixture")
     results = processor.post_process_instance_segmentation(
         outputs, target_sizes=target_sizes, return_binary_maps=True
     )

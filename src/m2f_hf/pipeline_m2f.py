@@ -1,0 +1,155 @@
+"""`pipeline("image-segmentation")` for m2f_hf checkpoints: the checkpoint's own task and thresholds.
+
+transformers' `ImageSegmentationPipeline` always tries panoptic first and always passes its own threshold
+defaults (0.9 / 0.5) to the post-processing, so a semantic-only checkpoint would answer with panoptic
+segments and every checkpoint would be filtered with thresholds the original never used. This subclass
+changes only those defaults for m2f_hf models (any other model gets the stock behaviour unchanged):
+
+* no `subtask`: the task the checkpoint was configured for (`panoptic_on`, else `instance_on`, else
+  semantic; see `default_subtask`);
+* no `threshold` / `overlap_mask_area_threshold`: the processor's `object_mask_threshold` and
+  `overlap_threshold` (the original's MODEL.MASK_FORMER.TEST values) for panoptic, and no score filter for
+  instance (the original keeps its top-k detections); values passed to the pipeline are used as given;
+* instance masks are the full, possibly overlapping binary masks of each detection.
+
+`register_segmentation_pipeline()` (run when `m2f_hf` is imported, and by the remote-code entry module
+of a Hub folder) makes `pipeline("image-segmentation", ...)` build this class.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
+
+from .configuration_m2f import Mask2FormerConfig
+
+__all__ = ["SUBTASKS", "M2fHfImageSegmentationPipeline", "default_subtask", "register_segmentation_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+SUBTASKS = ("panoptic", "instance", "semantic")
+TASK_NAME = "image-segmentation"
+# transformers' own defaults, used for models that are not m2f_hf models
+_STOCK_DEFAULTS = {"threshold": 0.9, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.5}
+
+
+def default_subtask(config: Any) -> str:
+    """The task a checkpoint was configured for: panoptic if `panoptic_on`, else instance if `instance_on`,
+    else semantic (the original runs every enabled inference; a single answer prefers the richest one)."""
+    if getattr(config, "panoptic_on", False):
+        return "panoptic"
+    if getattr(config, "instance_on", False):
+        return "instance"
+    return "semantic"
+
+
+def check_subtask(subtask: str | None) -> str | None:
+    if subtask is not None and subtask not in SUBTASKS:
+        raise ValueError(f"subtask must be one of {SUBTASKS} (or None for the checkpoint's task), got {subtask!r}")
+    return subtask
+
+
+def _is_m2f(config: Any) -> bool:
+    # compared by name: under trust_remote_code the config class comes from a dynamic module copy
+    return getattr(config, "model_type", None) == Mask2FormerConfig.model_type
+
+
+def _mask_image(mask: torch.Tensor | np.ndarray) -> PIL.Image.Image:
+    array = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    return PIL.Image.fromarray(array.astype(np.uint8) * 255)
+
+
+class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
+    """`ImageSegmentationPipeline` whose defaults follow the m2f_hf checkpoint (see the module docstring).
+
+    Returns, per image, a list of {"score", "label", "mask"} like the stock pipeline: `mask` is an "L" PIL
+    image (255 inside) at the input resolution, `score` is None for semantic segments.
+    """
+
+    _m2f_hf_pipeline = True  # marks this class (and its remote-code copies) for `register_segmentation_pipeline`
+
+    def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict, dict, dict]:
+        check_subtask(kwargs.get("subtask"))
+        return super()._sanitize_parameters(**kwargs)
+
+    def postprocess(
+        self,
+        model_outputs: Any,
+        subtask: str | None = None,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        overlap_mask_area_threshold: float | None = None,
+    ) -> list[dict[str, Any]]:
+        given = {
+            "threshold": threshold,
+            "mask_threshold": mask_threshold,
+            "overlap_mask_area_threshold": overlap_mask_area_threshold,
+        }
+        if not _is_m2f(self.model.config):
+            stock = {k: _STOCK_DEFAULTS[k] if v is None else v for k, v in given.items()}
+            return super().postprocess(model_outputs, subtask=subtask, **stock)
+
+        subtask = check_subtask(subtask) or default_subtask(self.model.config)
+        mask_threshold = 0.5 if mask_threshold is None else mask_threshold
+        target_sizes = model_outputs["target_size"]
+        processor = self.image_processor
+        id2label = self.model.config.id2label
+        if subtask == "semantic":
+            segmentation = processor.post_process_semantic_segmentation(model_outputs, target_sizes=target_sizes)[0]
+            return [
+                {"score": None, "label": id2label[int(label)], "mask": _mask_image(segmentation == label)}
+                for label in torch.unique(segmentation).tolist()
+            ]
+        if subtask == "panoptic":
+            result = processor.post_process_panoptic_segmentation(
+                model_outputs,
+                threshold=threshold,
+                mask_threshold=mask_threshold,
+                overlap_mask_area_threshold=overlap_mask_area_threshold,
+                target_sizes=target_sizes,
+            )[0]
+            masks = [result["segmentation"] == segment["id"] for segment in result["segments_info"]]
+        else:
+            result = processor.post_process_instance_segmentation(
+                model_outputs,
+                threshold=threshold,
+                mask_threshold=mask_threshold,
+                target_sizes=target_sizes,
+                return_binary_maps=True,
+            )[0]
+            masks = list(result["segmentation"])
+        return [
+            {"score": segment["score"], "label": id2label[segment["label_id"]], "mask": _mask_image(mask)}
+            for segment, mask in zip(result["segments_info"], masks, strict=True)
+        ]
+
+
+def register_segmentation_pipeline() -> None:
+    """Make `pipeline("image-segmentation")` build `M2fHfImageSegmentationPipeline` (idempotent).
+
+    Only the stock implementation is replaced: the subclass behaves exactly like it for every model that
+    is not an m2f_hf model. A different implementation registered by someone else is left in place.
+    """
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    entry = PIPELINE_REGISTRY.supported_tasks.get(TASK_NAME)
+    if entry is None:
+        raise RuntimeError(f"transformers has no {TASK_NAME!r} pipeline task to extend")
+    impl = entry["impl"]
+    if getattr(impl, "_m2f_hf_pipeline", False):
+        return
+    stock = "transformers.pipelines.image_segmentation.ImageSegmentationPipeline"
+    if impl is not ImageSegmentationPipeline and impl != stock:
+        logger.warning(
+            "%r is served by %r; not replacing it with M2fHfImageSegmentationPipeline (pass "
+            "pipeline_class=M2fHfImageSegmentationPipeline to use it)",
+            TASK_NAME,
+            impl,
+        )
+        return
+    PIPELINE_REGISTRY.supported_tasks[TASK_NAME] = {**entry, "impl": M2fHfImageSegmentationPipeline}
