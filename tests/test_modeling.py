@@ -10,18 +10,43 @@ import m2f_hf
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerModel
 
 HEAD = dict(
-    num_labels=5, feature_size=32, mask_feature_size=32, hidden_dim=32, num_attention_heads=4,
-    dim_feedforward=64, num_queries=8, encoder_layers=1, decoder_layers=4, encoder_feedforward_dim=64,
+    num_labels=5,
+    feature_size=32,
+    mask_feature_size=32,
+    hidden_dim=32,
+    num_attention_heads=4,
+    dim_feedforward=64,
+    num_queries=8,
+    encoder_layers=1,
+    decoder_layers=4,
+    encoder_feedforward_dim=64,
 )
 BACKBONES = {
     "resnet_basic": ("resnet", dict(depth=50, stem_out_channels=16, res2_out_channels=32, width_per_group=8)),
-    "resnet_deeplab_bn": ("resnet", dict(depth=50, stem_type="deeplab", stem_out_channels=32, res2_out_channels=32,
-                                         width_per_group=8, norm="SyncBN", res5_dilation=2,
-                                         res5_multi_grid=[1, 2, 4])),
+    "resnet_deeplab_bn": (
+        "resnet",
+        dict(
+            depth=50,
+            stem_type="deeplab",
+            stem_out_channels=32,
+            res2_out_channels=32,
+            width_per_group=8,
+            norm="SyncBN",
+            res5_dilation=2,
+            res5_multi_grid=[1, 2, 4],
+        ),
+    ),
     "resnet18": ("resnet", dict(depth=18, stem_out_channels=16, res2_out_channels=64)),
     "swin": ("swin", dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=7)),
-    "convnext_auto": ("auto", dict(model_type="convnext", hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-                                   out_features=["stage1", "stage2", "stage3", "stage4"])),
+    "convnext_auto": (
+        "auto",
+        dict(
+            model_type="convnext",
+            hidden_sizes=[16, 32, 64, 128],
+            depths=[1, 1, 1, 1],
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        ),
+    ),
 }
 
 

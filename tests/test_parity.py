@@ -20,8 +20,16 @@ def run(request):
     pixel_values = torch.from_numpy(np.load(folder / "inputs.npz")["normalized_padded_batch"])
     with torch.no_grad():
         outputs = model(pixel_values, output_hidden_states=True)
-        mask_embeds = [model.model.transformer_decoder.mask_embed(h) for h in outputs.transformer_decoder_hidden_states]
-    return name, outputs, mask_embeds, np.load(folder / "raw_outputs.npz"), np.load(folder / "intermediates.npz")
+        mask_embeds = [
+            model.model.transformer_decoder.mask_embed(h) for h in outputs.transformer_decoder_hidden_states
+        ]
+    return (
+        name,
+        outputs,
+        mask_embeds,
+        np.load(folder / "raw_outputs.npz"),
+        np.load(folder / "intermediates.npz"),
+    )
 
 
 def max_diff(ours: torch.Tensor, reference: np.ndarray) -> float:
@@ -45,11 +53,17 @@ def test_pixel_decoder_outputs(run):
 def test_final_and_auxiliary_predictions(run):
     name, outputs, mask_embeds, raw, _ = run
     assert len(outputs.auxiliary_logits) == 9
-    predictions = [*outputs.auxiliary_logits, {
-        "class_queries_logits": outputs.class_queries_logits, "masks_queries_logits": outputs.masks_queries_logits,
-    }]
+    predictions = [
+        *outputs.auxiliary_logits,
+        {
+            "class_queries_logits": outputs.class_queries_logits,
+            "masks_queries_logits": outputs.masks_queries_logits,
+        },
+    ]
     prefixes = [f"aux{i}_" for i in range(9)] + [""]
     for prefix, prediction, embed in zip(prefixes, predictions, mask_embeds, strict=True):
-        assert max_diff(prediction["class_queries_logits"], raw[f"{prefix}pred_logits"]) <= FEATURE_TOL, prefix
+        assert max_diff(prediction["class_queries_logits"], raw[f"{prefix}pred_logits"]) <= FEATURE_TOL, (
+            prefix
+        )
         assert max_diff(prediction["masks_queries_logits"], raw[f"{prefix}pred_masks"]) <= MASK_TOL, prefix
         assert max_diff(embed, raw[f"{prefix}mask_embed"]) <= FEATURE_TOL, prefix

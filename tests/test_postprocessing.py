@@ -84,8 +84,15 @@ def load_case(name: str, source: str):
         assert e2e_sizes == target_sizes
         assert outputs.image_sizes.tolist() == image_sizes.tolist()
         assert list(saved_processor.thing_ids) == list(meta["thing_contiguous_ids"])
-        for key in ("size", "object_mask_threshold", "overlap_threshold", "test_topk_per_image",
-                    "sem_seg_postprocess_before_inference", "image_mean", "image_std"):
+        for key in (
+            "size",
+            "object_mask_threshold",
+            "overlap_threshold",
+            "test_topk_per_image",
+            "sem_seg_postprocess_before_inference",
+            "image_mean",
+            "image_std",
+        ):
             assert getattr(saved_processor, key) == getattr(processor, key), key
         processor = saved_processor
     return processor, outputs, target_sizes, data, info, meta

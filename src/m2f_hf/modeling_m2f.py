@@ -66,11 +66,13 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Also loads transformers-format Mask2Former checkpoints (`model_type` "mask2former"), converting them."""
+        """Also loads transformers-format checkpoints (`model_type` "mask2former"), converting them."""
         if not model_args:
             from .convert_transformers import maybe_convert_transformers_folder
 
-            converted = maybe_convert_transformers_folder(pretrained_model_name_or_path, model_class=cls, **kwargs)
+            converted = maybe_convert_transformers_folder(
+                pretrained_model_name_or_path, model_class=cls, **kwargs
+            )
             if isinstance(converted, Mask2FormerPreTrainedModel):
                 return converted
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -91,8 +93,11 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, Mask2FormerLoss):
             init.copy_(module.empty_weight, module.make_empty_weight())
         elif isinstance(module, MaskedTransformerDecoder):
-            for layer in (*module.transformer_self_attention_layers, *module.transformer_cross_attention_layers,
-                          *module.transformer_ffn_layers):
+            for layer in (
+                *module.transformer_self_attention_layers,
+                *module.transformer_cross_attention_layers,
+                *module.transformer_ffn_layers,
+            ):
                 for p in layer.parameters():
                     if p.dim() > 1:
                         init.xavier_uniform_(p)
@@ -101,7 +106,9 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
                 init.xavier_uniform_(proj[0].weight)
                 init.zeros_(proj[0].bias)
             convs = [module.mask_features] + [
-                getattr(module, f"{kind}_{i + 1}") for i in range(module.num_fpn_levels) for kind in ("adapter", "layer")
+                getattr(module, f"{kind}_{i + 1}")
+                for i in range(module.num_fpn_levels)
+                for kind in ("adapter", "layer")
             ]
             for conv in convs:  # c2_xavier_fill: kaiming_uniform with a=1
                 init.kaiming_uniform_(conv.weight, a=1)
@@ -134,7 +141,9 @@ class Mask2FormerModel(Mask2FormerPreTrainedModel):
     def __init__(self, config: Mask2FormerConfig):
         super().__init__(config)
         self.backbone = build_backbone(config)
-        self.pixel_decoder = MSDeformAttnPixelDecoder(config, self.backbone.out_channels, self.backbone.out_strides)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(
+            config, self.backbone.out_channels, self.backbone.out_strides
+        )
         self.transformer_decoder = MaskedTransformerDecoder(config)
         self.post_init()
 
@@ -148,7 +157,9 @@ class Mask2FormerModel(Mask2FormerPreTrainedModel):
         **kwargs,
     ) -> Mask2FormerModelOutput | tuple:
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}"
+            )
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
