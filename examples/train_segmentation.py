@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--shared_points", action="store_true",
                        help="same loss sample points for every image of a step (exact DDP equivalence checks)")
     optim.add_argument("--find_unused_parameters", action="store_true")
+    optim.add_argument("--cpu", action="store_true",
+                       help="force the CPU (several processes: gloo); same as ACCELERATE_USE_CPU=true")
     run = p.add_argument_group("run")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--checkpointing_steps", type=int, default=0, help="save_state every N steps (0: never)")
@@ -396,12 +398,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     kwargs_handlers = [DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)]
     accelerator = Accelerator(
+        cpu=args.cpu,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
         project_dir=str(output_dir),
         kwargs_handlers=kwargs_handlers,
     )
     set_seed(args.seed)
+    accelerator.print(f"{accelerator.distributed_type.name} num_processes={accelerator.num_processes} "
+                      f"device={accelerator.device} mixed_precision={accelerator.mixed_precision}")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -453,6 +458,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return evaluate(model, processor, eval_loader, args.task, accelerator=accelerator)
 
     log_path = output_dir / "log.jsonl"
+    if accelerator.is_main_process and not args.resume_from_checkpoint and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
     progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="training")
     model.train()

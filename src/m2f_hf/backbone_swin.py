@@ -25,6 +25,17 @@ SHIFT_MASK_VALUE = -100.0  # the original's additive value between tokens of dif
 _MASK_CACHE_SIZE = 16
 
 
+def _is_symbolic(*sizes) -> bool:
+    """True when a size is a torch.SymInt (tracing with dynamic shapes) rather than a plain int."""
+    return any(not isinstance(s, int) for s in sizes)
+
+
+def _window_multiple(size, window_size: int):
+    """`size` rounded up to a multiple of the window, written as (number of windows) x window so that
+    symbolic shapes stay provably divisible by the window under torch.export."""
+    return (size + window_size - 1) // window_size * window_size
+
+
 def relative_position_index(window_size: int) -> torch.Tensor:
     """Index into the `(2w-1)^2` bias table for every (query, key) token pair of a `w x w` window.
 
@@ -214,17 +225,22 @@ class SwinBlock(nn.Module):
         _, h, w, _ = x.shape
         ws, shift = self.window_size, self.shift_size
         y = self.norm1(x)
-        pad_b, pad_r = (-h) % ws, (-w) % ws
-        if pad_b or pad_r:
-            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
+        hp, wp = _window_multiple(h, ws), _window_multiple(w, ws)
+        # symbolic sizes (torch.export) always take the pad/crop path: zero padding is then an identity
+        padded = _is_symbolic(h, w) or hp != h or wp != w
+        if padded:
+            y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h))
         if shift:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
         y = self.attn(windows_from_map(y, ws), shift_mask if shift else None)
         y = map_from_windows(y, ws, hp, wp)
         if shift:
             y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        if pad_b or pad_r:
+        if _is_symbolic(h, w):
+            # a copy, not a view: the view's strides would depend on whether padding happened, which
+            # torch.export can only resolve by specialising the traced size
+            y = torch.slice_copy(torch.slice_copy(y, 1, 0, h), 2, 0, w)
+        elif padded:
             y = y[:, :h, :w, :]
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -291,7 +307,9 @@ class SwinStage(nn.Module):
         if self.shift_size == 0 or len(self.blocks) < 2:
             return None
         ws = self.window_size
-        hp, wp = -(-height // ws) * ws, -(-width // ws) * ws
+        hp, wp = _window_multiple(height, ws), _window_multiple(width, ws)
+        if _is_symbolic(hp, wp):  # traced for export: build it in the graph, symbolic sizes cannot be keys
+            return shift_attention_mask(hp, wp, ws, self.shift_size, device)
         key = (hp, wp, str(device))
         mask = self._mask_cache.get(key)
         if mask is None:

@@ -431,80 +431,40 @@ def build_processor(settings: OriginalSettings):
     return M2fHfImageProcessor(**settings.processor_kwargs)
 
 
-def model_card(report: ConversionReport, repo_id: str | None) -> str:
+def model_card(report: ConversionReport, repo_id: str | None, processor: Any = None) -> str:
+    """README.md of a converted folder: `hub.build_model_card` with the conversion's provenance."""
+    from .hub import build_model_card
+
     s, cfg = report.settings, report.settings.config
-    dataset = s.dataset or "unknown"
-    tasks = [
-        t
-        for t, on in (
-            ("semantic", cfg.semantic_on),
-            ("instance", cfg.instance_on),
-            ("panoptic", cfg.panoptic_on),
-        )
-        if on
-    ]
     source_cfg = s.source.get("config_file") or "none (architecture inferred from the weights)"
-    name = repo_id or str(report.output_dir)
-    notes = "\n".join(f"- {n}" for n in s.notes) or "- none"
-    size = s.processor_kwargs["size"]
-    task = tasks[-1] if tasks else "semantic"  # panoptic when on, else instance, else semantic
-    bgr = (
-        "\n- The original was fed BGR images; the first-layer weights were re-ordered so this model "
-        "takes RGB."
-        if report.flipped_input_channels
-        else ""
+    details = [
+        f"**Source checkpoint:** `{report.checkpoint.name}` (sha256 `{report.checkpoint_sha256}`)",
+        f"**Source config:** `{source_cfg}`",
+    ]
+    if report.flipped_input_channels:
+        details.append(
+            "The original was fed BGR images; the first-layer weights were re-ordered so this model "
+            "takes RGB."
+        )
+    return build_model_card(
+        cfg,
+        name=repo_id or str(report.output_dir),
+        license=ORIGINAL_LICENSE,
+        summary=(
+            'Mask2Former (Cheng et al., "Masked-attention Mask Transformer for Universal Image '
+            'Segmentation", CVPR 2022) converted from the original detectron2 checkpoint of '
+            "facebookresearch/Mask2Former into the `m2f_hf` format (same weights, same computation, the "
+            "original test-time pre- and post-processing)."
+        ),
+        processor=processor,
+        dataset=s.dataset,
+        details=details,
+        license_note=(
+            "The original Mask2Former model-zoo weights are released under CC BY-NC 4.0 (non-commercial); "
+            "these converted weights carry the same license."
+        ),
+        notes=[report.mapping.summary(), *s.notes],
     )
-    return f"""---
-license: {ORIGINAL_LICENSE}
-library_name: transformers
-pipeline_tag: image-segmentation
-tags:
-- mask2former
-- m2f_hf
-- image-segmentation
----
-
-# Mask2Former ({cfg.backbone_type}, {dataset})
-
-Mask2Former (Cheng et al., "Masked-attention Mask Transformer for Universal Image Segmentation", CVPR 2022)
-converted from the original detectron2 checkpoint of facebookresearch/Mask2Former into the `m2f_hf` format.
-
-- Source checkpoint: `{report.checkpoint.name}` (sha256 `{report.checkpoint_sha256}`)
-- Source config: `{source_cfg}`
-- Dataset: {dataset} ({cfg.num_labels} classes; {len(cfg.thing_ids or [])} thing classes)
-- Post-processing enabled in the original config: {", ".join(tasks) or "none"}
-- Test-time resize: shortest edge {size["shortest_edge"]}, longest edge {size["longest_edge"]}, padded to a
-  multiple of {s.processor_kwargs["size_divisibility"]}{bgr}
-
-## License
-
-The original Mask2Former model-zoo weights are released under CC BY-NC 4.0 (non-commercial); these converted
-weights carry the same license.
-
-## Usage
-
-```python
-import torch
-from PIL import Image
-import m2f_hf  # registers the classes with transformers' Auto* factories
-from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation
-from m2f_hf.image_processing_m2f import M2fHfImageProcessor
-
-model = Mask2FormerForUniversalSegmentation.from_pretrained("{name}").eval()
-processor = M2fHfImageProcessor.from_pretrained("{name}")
-image = Image.open("image.jpg").convert("RGB")
-inputs = processor(images=image, return_tensors="pt")
-with torch.no_grad():
-    outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
-result = processor.post_process_{task}_segmentation(outputs, target_sizes=inputs["original_sizes"])[0]
-```
-
-## Conversion notes
-
-{report.mapping.summary()}
-
-{notes}
-"""
 
 
 def convert_checkpoint(
@@ -565,23 +525,16 @@ def convert_checkpoint(
         flipped_input_channels=flipped,
         model=model,
     )
-    steps = tqdm(total=3, desc="saving", unit="file", disable=not progress, leave=False)
-    model.save_pretrained(output_dir)
-    steps.update()
-    processor = build_processor(settings)
-    processor.save_pretrained(output_dir)
-    steps.update()
-    (output_dir / "README.md").write_text(model_card(report, push_to_hub))
-    steps.update()
-    steps.close()
-    if push_to_hub:
-        model.push_to_hub(push_to_hub)
-        processor.push_to_hub(push_to_hub)
-        from huggingface_hub import upload_file
+    from .hub import save_for_hub
 
-        upload_file(
-            path_or_fileobj=str(output_dir / "README.md"), path_in_repo="README.md", repo_id=push_to_hub
-        )
+    processor = build_processor(settings)
+    save_for_hub(
+        model,
+        processor,
+        output_dir,
+        card=model_card(report, push_to_hub, processor),
+        push_to_hub=push_to_hub,
+    )
     return report
 
 

@@ -652,55 +652,40 @@ def convert_transformers_checkpoint(
     imported = import_transformers_checkpoint(path_or_folder, dataset, dtype, native_swin, **hub_kwargs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    imported.model.save_pretrained(output_dir)
-    processor = build_processor_from_settings(imported.settings)
-    processor.save_pretrained(output_dir)
-    (output_dir / "README.md").write_text(_model_card(imported, push_to_hub or str(output_dir)))
-    if push_to_hub:
-        imported.model.push_to_hub(push_to_hub)
-        processor.push_to_hub(push_to_hub)
-        from huggingface_hub import upload_file
+    from .hub import save_for_hub
 
-        upload_file(
-            path_or_fileobj=str(output_dir / "README.md"), path_in_repo="README.md", repo_id=push_to_hub
-        )
+    processor = build_processor_from_settings(imported.settings)
+    save_for_hub(
+        imported.model,
+        processor,
+        output_dir,
+        card=_model_card(imported, push_to_hub or str(output_dir), processor),
+        push_to_hub=push_to_hub,
+    )
     return imported
 
 
-def _model_card(imported: TransformersImport, name: str) -> str:
-    s, cfg = imported.settings, imported.settings.config
-    notes = "\n".join(f"- {n}" for n in s.notes) or "- none"
-    size, divisor = s.processor_kwargs["size"], s.processor_kwargs["size_divisibility"]
-    backbone = cfg.backbone_config.get("model_type", cfg.backbone_type)
-    return f"""---
-library_name: transformers
-pipeline_tag: image-segmentation
-tags:
-- mask2former
-- m2f_hf
-- image-segmentation
----
+def _model_card(imported: TransformersImport, name: str, processor: Any = None) -> str:
+    from .hub import build_model_card
 
-# Mask2Former ({backbone} backbone, {s.dataset or "unknown dataset"})
-
-Converted from the transformers-format Mask2Former checkpoint `{imported.source}` into the `m2f_hf` format
-(same weights and the same computation) with the original test-time preprocessing: shortest edge
-{size["shortest_edge"]}, longest edge {size["longest_edge"]}, padded to a multiple of {divisor}).
-The license of the source checkpoint applies (the facebook/mask2former-* weights: CC BY-NC 4.0).
-
-```python
-import m2f_hf
-from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation
-from m2f_hf.image_processing_m2f import M2fHfImageProcessor
-
-model = Mask2FormerForUniversalSegmentation.from_pretrained("{name}").eval()
-processor = M2fHfImageProcessor.from_pretrained("{name}")
-```
-
-## Conversion notes
-
-{notes}
-"""
+    s = imported.settings
+    return build_model_card(
+        s.config,
+        name=name,
+        license="other",
+        summary=(
+            f"Converted from the transformers-format Mask2Former checkpoint `{imported.source}` into the "
+            "`m2f_hf` format (same weights and the same computation) with the original test-time "
+            "preprocessing of its dataset."
+        ),
+        processor=processor,
+        dataset=s.dataset,
+        details=[f"**Source checkpoint:** `{imported.source}`"],
+        license_note=(
+            "The license of the source checkpoint applies (the facebook/mask2former-* weights: CC BY-NC 4.0)."
+        ),
+        notes=s.notes,
+    )
 
 
 def _resolve_config_file(path: str | Path, hub_kwargs: Mapping[str, Any]) -> Path | None:

@@ -1,4 +1,15 @@
-"""Multi-scale deformable attention (Deformable DETR), pure PyTorch: no compiled extension needed."""
+"""Multi-scale deformable attention (Deformable DETR), pure PyTorch: no compiled extension needed.
+
+The sampling runs as one fused gather: every query's L·P bilinear samples (4 corners each) become one
+`F.embedding_bag` bag over the rows of the value tensor, weighted by bilinear × attention weight. Each row
+is one head's D contiguous channels of one pixel, so nothing is transposed or copied per level, and no
+(B·M, D, Q, L·P) intermediate is built (as the grid_sample formulation does). Zero padding outside the
+map comes from a zero border around every level (1 pixel top/left, 2 bottom/right), so no corner needs a
+validity test: coordinates are clamped to [-1, size], where every corner lies in the border or the map.
+Bilinear interpolation follows the original's CUDA kernel (pixel = location·size - 0.5, i.e.
+align_corners=False); `multi_scale_deformable_attention_grid_sample` is the original's PyTorch fallback,
+kept as the reference the tests compare with.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,78 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+_PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
+
+
+def pad_value_levels(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """(B, S, C) flattened levels → (B, S_pad, C), each level framed by the zero border."""
+    batch, _, channels = value.shape
+    parts = []
+    for level, (height, width) in zip(value.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes):
+        padded = F.pad(level.view(batch, height, width, channels), (0, 0) + (_PAD_BEFORE, _PAD_AFTER) * 2)
+        parts.append(padded.flatten(1, 2))
+    return torch.cat(parts, 1)
+
+
+def _layout(spatial_shapes, batch: int, heads: int, device, dtype):
+    """Constants of the gather: level sizes, per-(batch, head, level) row base, corner row offsets."""
+    pad = _PAD_BEFORE + _PAD_AFTER
+    widths = [w + pad for _, w in spatial_shapes]
+    sizes = [(h + pad) * (w + pad) for h, w in spatial_shapes]
+    total = sum(sizes)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    levels = len(spatial_shapes)
+    # row of pixel (x, y) of level l, head m, image b: ((b·S_pad + start_l + (y+1)·Wp_l + (x+1))·M + m
+    first = torch.tensor([s + _PAD_BEFORE * wp + _PAD_BEFORE for s, wp in zip(starts, widths)], device=device)
+    base = (
+        (torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * total + first.view(1, 1, 1, levels, 1))
+        * heads
+        + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
+    )
+    step = torch.tensor([[heads, wp * heads] for wp in widths], device=device, dtype=dtype)  # (x, y) strides
+    corners = torch.tensor([[0, heads, wp * heads, wp * heads + heads] for wp in widths], device=device)
+    size_xy = torch.tensor([[w, h] for h, w in spatial_shapes], device=device, dtype=dtype)
+    return base, step.view(1, 1, 1, levels, 1, 2), corners.view(1, 1, 1, levels, 1, 4), size_xy
+
+
+def deformable_sample(
+    padded_value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    pixel_xy: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted bilinear samples of every level, summed per query and head.
+
+    padded_value: (B, S_pad, M, D) from `pad_value_levels`; pixel_xy: (B, Q, M, L, P, 2) sampling points in
+    pixel units of each level (x, y; pixel centres at integers, i.e. location·size - 0.5);
+    attention_weights: (B, Q, M, L, P). Returns (B, Q, M·D).
+    """
+    batch, _, heads, dim = padded_value.shape
+    _, queries, _, levels, points, _ = pixel_xy.shape
+    if len(spatial_shapes) != levels:
+        raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
+    base, step, corners, size_xy = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
+    # clamping to [-1, size] keeps every corner inside the zero border without changing any in-map sample
+    size_xy = size_xy.view(1, 1, 1, levels, 1, 2)
+    pixel_xy = torch.clamp(pixel_xy, min=torch.full_like(size_xy, -1.0), max=size_xy)
+    corner0 = pixel_xy.floor()
+    frac = pixel_xy - corner0
+    # relative row offsets are small integers, exact in float; the large batch/level base is added as int64
+    rows = (corner0 * step).sum(-1).long() + base  # (B, Q, M, L, P)
+    rows = (rows.unsqueeze(-1) + corners).view(batch * queries * heads, levels * points * 4)
+    # bilinear weights [(1-fx)(1-fy), fx(1-fy), (1-fx)fy, fx·fy], the attention weight folded into the y part
+    pair = torch.stack((1 - frac, frac), dim=-1)  # (..., xy, 2)
+    weight_y = pair[..., 1, :] * attention_weights.unsqueeze(-1)
+    weights = (weight_y.unsqueeze(-1) * pair[..., 0, :].unsqueeze(-2)).view(rows.shape)
+    out = F.embedding_bag(
+        rows, padded_value.reshape(-1, dim), per_sample_weights=weights.to(padded_value.dtype), mode="sum"
+    )
+    return out.view(batch, queries, heads * dim)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
 
 def multi_scale_deformable_attention(
     value: torch.Tensor,
@@ -15,24 +98,42 @@ def multi_scale_deformable_attention(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Bilinearly sample every level at the given locations and sum with the attention weights.
+    """value (B, S, M, D), sampling_locations (B, Q, M, L, P, 2) as (x, y) in [0, 1] → (B, Q, M·D).
 
-    value: (B, S, M, D) with S = Σ H_l·W_l; sampling_locations: (B, Q, M, L, P, 2) as (x, y) in [0, 1];
-    attention_weights: (B, Q, M, L, P). Returns (B, Q, M·D). Zero padding outside the map and
-    align_corners=False, as the original's CUDA kernel and its PyTorch fallback.
+    Without autograd the fused gather (`deformable_sample`) runs; when gradients are needed the
+    `grid_sample` formulation does, whose backward is much cheaper than `embedding_bag`'s on CPU.
     """
+    if _needs_grad(value, sampling_locations, attention_weights):
+        return multi_scale_deformable_attention_grid_sample(
+            value, spatial_shapes, sampling_locations, attention_weights
+        )
+    batch, _, heads, dim = value.shape
+    size_xy = torch.tensor(
+        [[w, h] for h, w in spatial_shapes], dtype=sampling_locations.dtype, device=sampling_locations.device
+    )
+    pixel_xy = sampling_locations * size_xy.view(1, 1, 1, -1, 1, 2) - 0.5
+    padded = pad_value_levels(value.flatten(2), spatial_shapes).view(batch, -1, heads, dim)
+    return deformable_sample(padded, spatial_shapes, pixel_xy, attention_weights)
+
+
+def multi_scale_deformable_attention_grid_sample(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The original's pure-PyTorch formulation (per-level `grid_sample`), same arguments and result."""
     batch, _, heads, dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
     grids = 2 * sampling_locations - 1
     sampled = []
     for level, (height, width) in enumerate(spatial_shapes):
-        # (B, H·W, M, D) → (B·M, D, H, W)
         value_l = value_list[level].flatten(2).transpose(1, 2).reshape(batch * heads, dim, height, width)
-        # (B, Q, M, P, 2) → (B·M, Q, P, 2)
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # (B·M, 1, Q, L·P)
+        sampled.append(
+            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
     output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
     return output.view(batch, heads * dim, queries).transpose(1, 2).contiguous()
@@ -75,17 +176,28 @@ class MSDeformAttn(nn.Module):
         value_input: torch.Tensor,
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
-        """query (B, Q, C), reference_points (B, Q, L, 2) in [0, 1], value_input (B, S, C)."""
+        """query (B, Q, C), reference_points (B or 1, Q, L, 2) in [0, 1], value_input (B, S, C)."""
         batch, num_queries, _ = query.shape
-        value = self.value_proj(value_input).view(batch, -1, self.n_heads, self.d_model // self.n_heads)
+        if len(spatial_shapes) != self.n_levels:
+            raise ValueError(
+                f"MSDeformAttn has {self.n_levels} levels, got {len(spatial_shapes)} spatial shapes"
+            )
+        head_dim = self.d_model // self.n_heads
+        value = self.value_proj(value_input)
         offsets = self.sampling_offsets(query).view(
             batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2
         )
         weights = self.attention_weights(query).view(batch, num_queries, self.n_heads, -1).softmax(-1)
         weights = weights.view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
-        normalizer = torch.tensor(
-            [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
-        )
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        output = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
-        return self.output_proj(output)
+        size_xy = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        if _needs_grad(value, offsets, weights):
+            normalised = offsets / size_xy[None, None, None, :, None, :]
+            locations = reference_points[:, :, None, :, None, :] + normalised
+            value = value.view(batch, -1, self.n_heads, head_dim)
+            out = multi_scale_deformable_attention_grid_sample(value, spatial_shapes, locations, weights)
+            return self.output_proj(out)
+        # location·size - 0.5 with location = reference + offset / size: the offsets are already in pixels
+        reference_pixels = reference_points * size_xy - 0.5
+        pixel_xy = offsets + reference_pixels[:, :, None, :, None, :]
+        value = pad_value_levels(value, spatial_shapes).view(batch, -1, self.n_heads, head_dim)
+        return self.output_proj(deformable_sample(value, spatial_shapes, pixel_xy, weights))

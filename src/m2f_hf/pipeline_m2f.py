@@ -10,7 +10,9 @@ changes only those defaults for m2f_hf models (any other model gets the stock be
 * no `threshold` / `overlap_mask_area_threshold`: the processor's `object_mask_threshold` and
   `overlap_threshold` (the original's MODEL.MASK_FORMER.TEST values) for panoptic, and no score filter for
   instance (the original keeps its top-k detections); values passed to the pipeline are used as given;
-* instance masks are the full, possibly overlapping binary masks of each detection.
+* instance masks are the full, possibly overlapping binary masks of each detection;
+* `batch_size > 1` with images of different sizes: the images are zero-padded at the bottom/right to
+  the batch's largest one (with `pixel_mask` 0 there), as the processor and the original batch them.
 
 `register_segmentation_pipeline()` (run when `m2f_hf` is imported, and by the remote-code entry module
 of a Hub folder) makes `pipeline("image-segmentation", ...)` build this class.
@@ -19,6 +21,7 @@ of a Hub folder) makes `pipeline("image-segmentation", ...)` build this class.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sized
 from typing import Any
 
 import numpy as np
@@ -50,13 +53,35 @@ def default_subtask(config: Any) -> str:
 
 def check_subtask(subtask: str | None) -> str | None:
     if subtask is not None and subtask not in SUBTASKS:
-        raise ValueError(f"subtask must be one of {SUBTASKS} (or None for the checkpoint's task), got {subtask!r}")
+        raise ValueError(
+            f"subtask must be one of {SUBTASKS} (or None for the checkpoint's task), got {subtask!r}"
+        )
     return subtask
 
 
 def _is_m2f(config: Any) -> bool:
     # compared by name: under trust_remote_code the config class comes from a dynamic module copy
     return getattr(config, "model_type", None) == Mask2FormerConfig.model_type
+
+
+def _pad_to_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Zero-pad each preprocessed image (and its pixel mask) to the largest height/width of the batch."""
+    height = max(int(item["pixel_values"].shape[-2]) for item in items)
+    width = max(int(item["pixel_values"].shape[-1]) for item in items)
+    padded = []
+    for item in items:
+        item = dict(item)
+        h, w = item["pixel_values"].shape[-2:]
+        if (h, w) != (height, width):
+            item["pixel_values"] = torch.nn.functional.pad(
+                item["pixel_values"], (0, width - w, 0, height - h)
+            )
+            if item.get("pixel_mask") is not None:
+                item["pixel_mask"] = torch.nn.functional.pad(
+                    item["pixel_mask"], (0, width - w, 0, height - h)
+                )
+        padded.append(item)
+    return padded
 
 
 def _mask_image(mask: torch.Tensor | np.ndarray) -> PIL.Image.Image:
@@ -71,11 +96,46 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
     image (255 inside) at the input resolution, `score` is None for semantic segments.
     """
 
-    _m2f_hf_pipeline = True  # marks this class (and its remote-code copies) for `register_segmentation_pipeline`
+    _m2f_hf_pipeline = (
+        True  # marks this class (and its remote-code copies) for `register_segmentation_pipeline`
+    )
 
     def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict, dict, dict]:
         check_subtask(kwargs.get("subtask"))
         return super()._sanitize_parameters(**kwargs)
+
+    def get_iterator(
+        self,
+        inputs: Any,
+        num_workers: int,
+        batch_size: int,
+        preprocess_params: dict,
+        forward_params: dict,
+        postprocess_params: dict,
+    ) -> Any:
+        """The stock iterator, but batches of differently sized images are padded (see the module
+        docstring) instead of failing to concatenate."""
+        if batch_size == 1 or not _is_m2f(self.model.config):
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        from torch.utils.data import DataLoader
+        from transformers.pipelines.base import pad_collate_fn
+        from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)
+        stock_collate = pad_collate_fn(None, self.image_processor)
+
+        def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+            return stock_collate(_pad_to_batch(items))
+
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
     def postprocess(
         self,
@@ -100,7 +160,9 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
         processor = self.image_processor
         id2label = self.model.config.id2label
         if subtask == "semantic":
-            segmentation = processor.post_process_semantic_segmentation(model_outputs, target_sizes=target_sizes)[0]
+            segmentation = processor.post_process_semantic_segmentation(
+                model_outputs, target_sizes=target_sizes
+            )[0]
             return [
                 {"score": None, "label": id2label[int(label)], "mask": _mask_image(segmentation == label)}
                 for label in torch.unique(segmentation).tolist()

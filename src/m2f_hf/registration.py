@@ -5,6 +5,7 @@ from __future__ import annotations
 from .configuration_m2f import Mask2FormerConfig
 from .image_processing_m2f import M2fHfImageProcessor
 from .modeling_m2f import Mask2FormerForUniversalSegmentation, Mask2FormerModel
+from .pipeline_m2f import register_segmentation_pipeline
 
 
 def register_auto_classes() -> None:
@@ -27,3 +28,5 @@ def register_auto_classes() -> None:
         image_processor_classes={"pil": M2fHfImageProcessor, "torchvision": M2fHfImageProcessor},
         exist_ok=True,
     )
+    # pipeline("image-segmentation") then follows the checkpoint's task and thresholds (pipeline_m2f.py)
+    register_segmentation_pipeline()

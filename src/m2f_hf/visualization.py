@@ -1,0 +1,122 @@
+"""Overlay rendering of segmentation results: one colour per segment, optional contours and label text.
+
+Works on an (H, W) segment-id map (0 = no segment) and the segments' ids and captions, which is what
+every task reduces to (semantic: one segment per class present; instance: overlapping pixels shown for
+the higher-scoring detection), so one renderer serves all three tasks.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+
+__all__ = ["distinct_colors", "label_anchor", "render_overlay", "segment_boundaries"]
+
+_GOLDEN = 0.618033988749895
+
+
+def distinct_colors(count: int) -> list[tuple[int, int, int]]:
+    """`count` pairwise different, saturated RGB colours; hues spread by the golden ratio so neighbours in
+    the sequence (often neighbouring segments) differ strongly. Deterministic."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    colors: list[tuple[int, int, int]] = []
+    seen: set[tuple[int, int, int]] = set()
+    step = 0
+    while len(colors) < count:
+        hue = (step * _GOLDEN) % 1.0
+        saturation = (0.95, 0.7, 0.5)[(step // 7) % 3]
+        value = (0.95, 0.8)[(step // 21) % 2]
+        rgb = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+        step += 1
+        if rgb not in seen:
+            seen.add(rgb)
+            colors.append(rgb)  # type: ignore[arg-type]
+    return colors
+
+
+def segment_boundaries(segmentation: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose right or lower neighbour belongs to another segment (or to none)."""
+    edges = np.zeros(segmentation.shape, dtype=bool)
+    horizontal = segmentation[:, 1:] != segmentation[:, :-1]
+    vertical = segmentation[1:, :] != segmentation[:-1, :]
+    edges[:, :-1] |= horizontal
+    edges[:, 1:] |= horizontal
+    edges[:-1, :] |= vertical
+    edges[1:, :] |= vertical
+    return edges & (segmentation != 0)
+
+
+def label_anchor(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the mask pixel farthest from the mask's border: inside the segment even when it is
+    not convex, where a centroid could fall outside."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not mask.any():
+        raise ValueError("cannot place a label on an empty mask")
+    distance = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(x), int(y)
+
+
+def render_overlay(
+    image: PIL.Image.Image | np.ndarray,
+    segmentation: np.ndarray,
+    segment_ids: Sequence[int],
+    captions: Sequence[str] | None = None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+    alpha: float = 0.55,
+    contours: bool = False,
+    draw_labels: bool = True,
+) -> PIL.Image.Image:
+    """RGB overlay of `segmentation` on `image` (same size).
+
+    segment_ids: the ids to draw (others are left uncoloured); colors: one per id (default
+    `distinct_colors`); captions: text per id, drawn with PIL's default font on a dark box at
+    `label_anchor`; alpha: colour weight (1 = opaque); contours: white segment borders.
+    """
+    base = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image)
+    if base.ndim != 3 or base.shape[2] != 3 or base.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 (H, W, 3), got {base.dtype} {tuple(base.shape)}")
+    segmentation = np.asarray(segmentation)
+    if segmentation.shape != base.shape[:2]:
+        raise ValueError(
+            f"segmentation {tuple(segmentation.shape)} does not match image {tuple(base.shape[:2])}"
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    ids = [int(i) for i in segment_ids]
+    colors = list(colors) if colors is not None else distinct_colors(len(ids))
+    if len(colors) != len(ids) or (captions is not None and len(captions) != len(ids)):
+        raise ValueError("segment_ids, colors and captions must have the same length")
+
+    out = base.astype(np.float32)
+    for seg_id, color in zip(ids, colors, strict=True):
+        inside = segmentation == seg_id
+        out[inside] = (1.0 - alpha) * out[inside] + alpha * np.asarray(color, dtype=np.float32)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if contours:
+        out[segment_boundaries(segmentation)] = 255
+    result = PIL.Image.fromarray(out)
+    if draw_labels and captions is not None:
+        draw = PIL.ImageDraw.Draw(result)
+        font = PIL.ImageFont.load_default()
+        for seg_id, caption in zip(ids, captions, strict=True):
+            mask = segmentation == seg_id
+            if not caption or not mask.any():
+                continue
+            x, y = label_anchor(mask)
+            # centre the text on the anchor (bitmap fonts support only the default top-left anchor)
+            left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+            origin = (x - (left + right) // 2, y - (top + bottom) // 2)
+            draw.rectangle(
+                (origin[0] + left - 2, origin[1] + top - 1, origin[0] + right + 2, origin[1] + bottom + 1),
+                fill=(0, 0, 0),
+            )
+            draw.text(origin, caption, fill=(255, 255, 255), font=font)
+    return result
