@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -54,15 +55,30 @@ LOSS_SUMMARY_TERMS = ("loss_ce", "loss_mask", "loss_dice")
 CONFIG_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         backbone_type="swin",
-        backbone_config=dict(embed_dim=24, depths=[2, 2, 2, 1], num_heads=[1, 2, 4, 8], window_size=4,
-                             pretrain_img_size=128, drop_path_rate=0.0),
-        feature_size=64, mask_feature_size=64, hidden_dim=64, num_attention_heads=4, dim_feedforward=256,
-        encoder_layers=2, encoder_feedforward_dim=256, decoder_layers=7, num_queries=16,
+        backbone_config=dict(
+            embed_dim=24,
+            depths=[2, 2, 2, 1],
+            num_heads=[1, 2, 4, 8],
+            window_size=4,
+            pretrain_img_size=128,
+            drop_path_rate=0.0,
+        ),
+        feature_size=64,
+        mask_feature_size=64,
+        hidden_dim=64,
+        num_attention_heads=4,
+        dim_feedforward=256,
+        encoder_layers=2,
+        encoder_feedforward_dim=256,
+        decoder_layers=7,
+        num_queries=16,
         train_num_points=784,
     ),
     "r50": dict(backbone_type="resnet", backbone_config=dict(depth=50)),
-    "swin_tiny": dict(backbone_type="swin", backbone_config=dict(embed_dim=96, depths=[2, 2, 6, 2],
-                                                                 num_heads=[3, 6, 12, 24])),
+    "swin_tiny": dict(
+        backbone_type="swin",
+        backbone_config=dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+    ),
 }
 
 
@@ -75,13 +91,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--synthetic", type=int, default=0, help="generate N synthetic training images")
     data.add_argument("--synthetic_size", type=int, default=128, help="side of the synthetic images")
     data.add_argument("--eval_dataset", help="separate evaluation data (same kinds as --dataset)")
-    data.add_argument("--eval_samples", type=int, default=64,
-                      help="held-out images: synthetic ones from another seed, or the last N of --dataset")
+    data.add_argument(
+        "--eval_samples",
+        type=int,
+        default=64,
+        help="held-out images: synthetic ones from another seed, or the last N of --dataset",
+    )
     data.add_argument("--train_split", default="train")
     data.add_argument("--eval_split", default="validation")
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", help="semantic map column of a `datasets` dataset")
-    data.add_argument("--categories", help="COCO categories JSON (list of {id, name, isthing}) or 'synthetic'")
+    data.add_argument(
+        "--categories", help="COCO categories JSON (list of {id, name, isthing}) or 'synthetic'"
+    )
     data.add_argument("--id2label", help="JSON file {id: name} for semantic datasets")
     data.add_argument("--reduce_labels", action="store_true", help="ADE20K convention: 0 → ignore, others −1")
     data.add_argument("--data_seed", type=int, default=0)
@@ -89,8 +111,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--image_size", type=int, default=1024, help="LSJ crop / semantic crop size")
     data.add_argument("--min_scale", type=float, default=0.1)
     data.add_argument("--max_scale", type=float, default=2.0)
-    data.add_argument("--eval_shortest_edge", type=int, default=None,
-                      help="processor shortest edge when building a new processor (default: --image_size)")
+    data.add_argument(
+        "--eval_shortest_edge",
+        type=int,
+        default=None,
+        help="processor shortest edge when building a new processor (default: --image_size)",
+    )
     data.add_argument("--num_workers", type=int, default=0)
     model = p.add_argument_group("model")
     model.add_argument("--model", help="m2f_hf model folder (or Hub id) to fine-tune")
@@ -103,21 +129,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--clip_grad_norm", type=float, default=0.01, help="full-model L2 clip (0: off)")
     optim.add_argument("--lr_scheduler", choices=("poly", "multistep", "constant"), default="poly")
     optim.add_argument("--poly_power", type=float, default=0.9)
-    optim.add_argument("--milestones", type=float, nargs="*", default=[0.889, 0.963],
-                       help="multistep milestones as fractions of max_steps (COCO: 327778/368750, 355092/368750)")
+    optim.add_argument(
+        "--milestones",
+        type=float,
+        nargs="*",
+        default=[0.889, 0.963],
+        help="multistep milestones as fractions of max_steps (COCO: 327778/368750, 355092/368750)",
+    )
     optim.add_argument("--warmup_steps", type=int, default=0)
     optim.add_argument("--warmup_factor", type=float, default=1.0)
     optim.add_argument("--per_device_batch_size", type=int, default=2)
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--max_steps", type=int, default=1000)
-    optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                       help="default: accelerate's config / launcher setting")
+    optim.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="default: accelerate's config / launcher setting",
+    )
     optim.add_argument("--seed", type=int, default=42)
-    optim.add_argument("--shared_points", action="store_true",
-                       help="same loss sample points for every image of a step (exact DDP equivalence checks)")
+    optim.add_argument(
+        "--shared_points",
+        action="store_true",
+        help="same loss sample points for every image of a step (exact DDP equivalence checks)",
+    )
     optim.add_argument("--find_unused_parameters", action="store_true")
-    optim.add_argument("--cpu", action="store_true",
-                       help="force the CPU (several processes: gloo); same as ACCELERATE_USE_CPU=true")
+    optim.add_argument(
+        "--cpu",
+        action="store_true",
+        help="force the CPU (several processes: gloo); same as ACCELERATE_USE_CPU=true",
+    )
     run = p.add_argument_group("run")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--checkpointing_steps", type=int, default=0, help="save_state every N steps (0: never)")
@@ -143,8 +184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class LabelInfo:
     """Class names, thing classes and the dataset-category → contiguous-id mapping of a dataset."""
 
-    def __init__(self, id2label: dict[int, str], thing_ids: list[int] | None,
-                 category_to_contiguous: dict[int, int] | None, name: str) -> None:
+    def __init__(
+        self,
+        id2label: dict[int, str],
+        thing_ids: list[int] | None,
+        category_to_contiguous: dict[int, int] | None,
+        name: str,
+    ) -> None:
         self.id2label = id2label
         self.thing_ids = thing_ids
         self.category_to_contiguous = category_to_contiguous
@@ -172,8 +218,14 @@ def _read_categories(value: str) -> list[dict[str, Any]]:
 class SampleSource:
     """Random access to normalised samples of a list or a `datasets.Dataset` (decoded lazily)."""
 
-    def __init__(self, rows: Any, labels: LabelInfo, image_column: str = "image",
-                 label_column: str | None = None, reduce_labels: bool = False) -> None:
+    def __init__(
+        self,
+        rows: Any,
+        labels: LabelInfo,
+        image_column: str = "image",
+        label_column: str | None = None,
+        reduce_labels: bool = False,
+    ) -> None:
         self.rows = rows
         self.labels = labels
         self.image_column = image_column
@@ -216,7 +268,9 @@ def _load_datasets_rows(path_or_name: str, split: str) -> Any:
     return loaded
 
 
-def _labels_for_rows(rows: Any, args: argparse.Namespace, model_config: Mask2FormerConfig | None) -> LabelInfo:
+def _labels_for_rows(
+    rows: Any, args: argparse.Namespace, model_config: Mask2FormerConfig | None
+) -> LabelInfo:
     name = args.dataset
     if args.categories:
         return LabelInfo.from_categories(_read_categories(args.categories), name)
@@ -231,7 +285,9 @@ def _labels_for_rows(rows: Any, args: argparse.Namespace, model_config: Mask2For
     raise ValueError("cannot tell the classes of this dataset: pass --categories or --id2label")
 
 
-def load_data(args: argparse.Namespace, model_config: Mask2FormerConfig | None) -> tuple[SampleSource, SampleSource]:
+def load_data(
+    args: argparse.Namespace, model_config: Mask2FormerConfig | None
+) -> tuple[SampleSource, SampleSource]:
     """(train, eval) sample sources for the data arguments."""
     from m2f_hf.synthetic import SYNTHETIC_CATEGORIES, load_coco_panoptic, make_synthetic_dataset
 
@@ -249,8 +305,14 @@ def load_data(args: argparse.Namespace, model_config: Mask2FormerConfig | None) 
         rows = _load_datasets_rows(path, split)
         label_column = args.label_column
         if label_column is None and "segments_info" not in rows.column_names:
-            label_column = next((c for c in ("semantic_map", "annotation", "label", "segmentation_map")
-                                 if c in rows.column_names), None)
+            label_column = next(
+                (
+                    c
+                    for c in ("semantic_map", "annotation", "label", "segmentation_map")
+                    if c in rows.column_names
+                ),
+                None,
+            )
             if label_column is None:
                 raise ValueError(f"no label column found in {rows.column_names}; pass --label_column")
         if label_column == "semantic_map":
@@ -326,8 +388,12 @@ def build_model(args: argparse.Namespace, labels: LabelInfo | None) -> Mask2Form
         if labels is not None:
             model_config = Mask2FormerConfig.from_pretrained(args.model)
             if dict(model_config.id2label) != labels.id2label or model_config.thing_ids != labels.thing_ids:
-                kwargs.update(id2label=labels.id2label, label2id={v: k for k, v in labels.id2label.items()},
-                              thing_ids=labels.thing_ids, ignore_mismatched_sizes=True)
+                kwargs.update(
+                    id2label=labels.id2label,
+                    label2id={v: k for k, v in labels.id2label.items()},
+                    thing_ids=labels.thing_ids,
+                    ignore_mismatched_sizes=True,
+                )
         return Mask2FormerForUniversalSegmentation.from_pretrained(args.model, **kwargs)
     if labels is None:
         raise ValueError("a new model needs the dataset's classes")
@@ -364,8 +430,10 @@ def build_augmentation(args: argparse.Namespace):
     if args.augmentation == "semantic":
         sizes = [int(args.image_size * f / 10) for f in range(5, 21)]
         return semantic_segmentation_augmentation(
-            min_size_train=sizes, max_size_train=args.image_size * 4,
-            crop_size=(args.image_size, args.image_size), size_divisibility=args.image_size,
+            min_size_train=sizes,
+            max_size_train=args.image_size * 4,
+            crop_size=(args.image_size, args.image_size),
+            size_divisibility=args.image_size,
         )
     return None
 
@@ -394,7 +462,9 @@ def _latest_checkpoint(output_dir: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    args.command = "python examples/train_segmentation.py " + " ".join(shlex.quote(a) for a in argv)
     output_dir = Path(args.output_dir)
     kwargs_handlers = [DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)]
     accelerator = Accelerator(
@@ -405,8 +475,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kwargs_handlers=kwargs_handlers,
     )
     set_seed(args.seed)
-    accelerator.print(f"{accelerator.distributed_type.name} num_processes={accelerator.num_processes} "
-                      f"device={accelerator.device} mixed_precision={accelerator.mixed_precision}")
+    accelerator.print(
+        f"{accelerator.distributed_type.name} num_processes={accelerator.num_processes} "
+        f"device={accelerator.device} mixed_precision={accelerator.mixed_precision}"
+    )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -417,20 +489,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     processor = build_processor(args, config)
     model.criterion.rand_fn = sampler = PointSampler(args.seed, accelerator.process_index, args.shared_points)
 
-    transform = TrainTransform(args.task, build_augmentation(args), processor.image_mean, processor.image_std,
-                               config.thing_ids)
+    transform = TrainTransform(
+        args.task, build_augmentation(args), processor.image_mean, processor.image_std, config.thing_ids
+    )
     train_dataset = TrainDataset(train_source, transform, args.data_seed)
     shuffle = EpochShuffleSampler(len(train_dataset), args.seed)
     train_loader = DataLoader(
-        train_dataset, batch_size=args.per_device_batch_size, sampler=shuffle, drop_last=True,
-        collate_fn=SegmentationCollator(config.size_divisibility), num_workers=args.num_workers,
+        train_dataset,
+        batch_size=args.per_device_batch_size,
+        sampler=shuffle,
+        drop_last=True,
+        collate_fn=SegmentationCollator(config.size_divisibility),
+        num_workers=args.num_workers,
     )
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, args.backbone_multiplier)
     milestones = [int(round(f * args.max_steps)) for f in args.milestones]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        build_lr_lambda(args.max_steps, args.lr_scheduler, args.warmup_steps, args.warmup_factor,
-                        args.poly_power, milestones),
+        build_lr_lambda(
+            args.max_steps,
+            args.lr_scheduler,
+            args.warmup_steps,
+            args.warmup_factor,
+            args.poly_power,
+            milestones,
+        ),
     )
     # The scheduler stays unprepared: accelerate would step it once per process, and the schedule is per
     # optimizer step here whatever the number of processes.
@@ -438,12 +521,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
     if args.report_to:
-        accelerator.init_trackers("m2f_hf_" + args.task, config={k: v for k, v in vars(args).items()
-                                                                   if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "m2f_hf_" + args.task,
+            config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+        )
 
     if args.resume_from_checkpoint:
-        path = (_latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest"
-                else Path(args.resume_from_checkpoint))
+        path = (
+            _latest_checkpoint(output_dir)
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
         accelerator.load_state(str(path))
         accelerator.print(f"resumed from {path} at step {state.step}")
 
@@ -451,17 +539,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if batches_per_epoch == 0:
         raise ValueError("the training set is smaller than one batch per process")
     eval_indices = list(range(accelerator.process_index, len(eval_source), accelerator.num_processes))
-    eval_loader = DataLoader(EvalDataset(eval_source, eval_indices), batch_size=args.per_device_batch_size,
-                             collate_fn=SegmentationEvalCollator(processor))
+    eval_loader = DataLoader(
+        EvalDataset(eval_source, eval_indices),
+        batch_size=args.per_device_batch_size,
+        collate_fn=SegmentationEvalCollator(processor),
+    )
 
     def run_eval() -> dict[str, float]:
-        return evaluate(model, processor, eval_loader, args.task, accelerator=accelerator)
+        # the unwrapped model: DDP's forward would synchronise buffers, and shards may differ in length
+        return evaluate(
+            accelerator.unwrap_model(model), processor, eval_loader, args.task, accelerator=accelerator
+        )
 
     log_path = output_dir / "log.jsonl"
     if accelerator.is_main_process and not args.resume_from_checkpoint and log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
-    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
-                    desc="training")
+    progress = tqdm(
+        total=args.max_steps,
+        initial=state.step,
+        disable=not accelerator.is_local_main_process,
+        desc="training",
+    )
     model.train()
     ga = args.gradient_accumulation_steps
     pending: list[torch.Tensor] = []
@@ -483,8 +581,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 accelerator.backward(outputs.loss / ga)
             if term_names is None:
                 term_names = sorted(outputs.loss_dict)
-            pending.append(torch.stack([outputs.loss.detach().float()]
-                                       + [outputs.loss_dict[k].detach().float() for k in term_names]))
+            pending.append(
+                torch.stack(
+                    [outputs.loss.detach().float()]
+                    + [outputs.loss_dict[k].detach().float() for k in term_names]
+                )
+            )
             state.micro_step += 1
             if not sync:
                 continue
@@ -499,8 +601,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             values = accelerator.reduce(torch.stack(pending).mean(0), reduction="mean")
             pending = []
             if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-                record = {"step": state.step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                          "loss": values[0].item()}
+                record = {
+                    "step": state.step,
+                    "epoch": epoch,
+                    "lr": scheduler.get_last_lr()[0],
+                    "loss": values[0].item(),
+                }
                 record.update({k: values[i + 1].item() for i, k in enumerate(term_names)})
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
@@ -513,8 +619,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     accelerator.log(record, step=state.step)
             if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
                 accelerator.save_state(str(output_dir / f"checkpoint-{state.step}"))
-            if (args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps
-                    and not args.no_eval):
+            if (
+                args.eval_steps
+                and state.step % args.eval_steps == 0
+                and state.step < args.max_steps
+                and not args.no_eval
+            ):
                 metrics = run_eval()
                 eval_history.append({"step": state.step, **metrics})
                 if accelerator.is_main_process:
@@ -530,27 +640,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if metrics:
             with log_path.open("a") as f:
                 f.write(json.dumps({"step": state.step, "eval": metrics}) + "\n")
-        save_final(accelerator.unwrap_model(model), processor, args, metrics, train_source, eval_source, output_dir)
+        save_final(
+            accelerator.unwrap_model(model), processor, args, metrics, train_source, eval_source, output_dir
+        )
         if args.push_to_hub:
             push_folder(output_dir, args.push_to_hub, args.hub_private)
     accelerator.end_training()
     return {"step": state.step, "metrics": metrics, "eval_history": eval_history}
 
 
-FINAL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json",
-               "training_args.json")
+FINAL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    "eval_results.json",
+    "training_args.json",
+)
 
 
-def save_final(model: Mask2FormerForUniversalSegmentation, processor: M2fHfImageProcessor,
-               args: argparse.Namespace, metrics: dict[str, float], train_source: SampleSource,
-               eval_source: SampleSource, output_dir: Path) -> None:
+def save_final(
+    model: Mask2FormerForUniversalSegmentation,
+    processor: M2fHfImageProcessor,
+    args: argparse.Namespace,
+    metrics: dict[str, float],
+    train_source: SampleSource,
+    eval_source: SampleSource,
+    output_dir: Path,
+) -> None:
     """The Hub folder: weights, config, processor, model card, metrics and the training arguments."""
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=1))
     (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=1))
     dataset = train_source.labels.name if args.synthetic <= 0 else "m2f_hf synthetic shapes"
-    command = "python examples/train_segmentation.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     write_model_card(
         output_dir,
         model.config,
@@ -561,7 +684,7 @@ def save_final(model: Mask2FormerForUniversalSegmentation, processor: M2fHfImage
         base_model=args.model,
         license=args.license,
         repo_id=args.push_to_hub,
-        training_command=command,
+        training_command=args.command,
         hyperparameters={
             "max_steps": args.max_steps,
             "per_device_batch_size": args.per_device_batch_size,
@@ -584,8 +707,12 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> None:
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=list(FINAL_FILES),
-                      commit_message="Upload m2f_hf Mask2Former")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        allow_patterns=list(FINAL_FILES),
+        commit_message="Upload m2f_hf Mask2Former",
+    )
 
 
 if __name__ == "__main__":

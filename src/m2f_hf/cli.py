@@ -6,8 +6,9 @@
     m2f-hf demo --output DIR
 
 `predict` writes, per image, `<name>_<task>.png` (the overlay: one colour per segment, label text,
-optional contours) and `<name>_<task>.json`: image size, task, model and one record per segment
-(id, label_id, label, score, area, bbox [x, y, w, h], colour, COCO RLE of its mask). The ids of the
+optional contours) and `<name>_<task>.json` (input folders are mirrored): image size, task, model, the
+overlay's path relative to the output folder and one record per segment (id, label_id, label, score,
+area, bbox [x, y, w, h], colour, COCO RLE of its mask). The ids of the
 overlay's segments are the JSON ids; instance masks may overlap (the overlay shows the higher score).
 """
 
@@ -237,7 +238,7 @@ def predict(
                 "height": picture.height,
                 "task": task,
                 "model": str(model_ref),
-                "overlay": overlay_path.name,
+                "overlay": overlay_path.relative_to(output).as_posix(),
                 "segments": records,
             }
             json_path.write_text(json.dumps(report, indent=1) + "\n")

@@ -97,8 +97,10 @@ def normalize_sample(
     """
     if "image" not in sample:
         raise ValueError(f"sample has no 'image' (keys: {sorted(sample)})")
-    image = _as_array(sample["image"].convert("RGB") if isinstance(sample["image"], Image.Image)
-                      else sample["image"], "image")
+    image = _as_array(
+        sample["image"].convert("RGB") if isinstance(sample["image"], Image.Image) else sample["image"],
+        "image",
+    )
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.dtype} {tuple(image.shape)}")
     out: dict[str, Any] = {"image": image, "semantic_map": None, "panoptic_map": None, "segments_info": None}
@@ -120,8 +122,9 @@ def normalize_sample(
                 if category not in category_id_to_contiguous:
                     raise ValueError(f"segment category_id {category} is not a known category")
                 category = int(category_id_to_contiguous[category])
-            segments.append({"id": int(segment["id"]), "category_id": category,
-                             "iscrowd": int(segment.get("iscrowd", 0))})
+            segments.append(
+                {"id": int(segment["id"]), "category_id": category, "iscrowd": int(segment.get("iscrowd", 0))}
+            )
         out["panoptic_map"] = array.astype(np.int64)
         out["segments_info"] = segments
     semantic = sample.get("semantic_map")
@@ -214,14 +217,18 @@ class TrainTransform:
                 kwargs["semantic_map"] = semantic
             if panoptic is not None and self.task != "semantic":
                 kwargs["panoptic_map"] = panoptic
-            result = self.augmentation(image, rng=rng if rng is not None else np.random.default_rng(), **kwargs)
+            result = self.augmentation(
+                image, rng=rng if rng is not None else np.random.default_rng(), **kwargs
+            )
             image = result["image"]
             semantic = result.get("semantic_map")
             panoptic = result.get("panoptic_map") if "panoptic_map" in kwargs else None
         masks, labels = _task_targets(
             self.task, semantic, panoptic, sample.get("segments_info"), self.thing_ids, self.ignore_index
         )
-        pixel_values = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() - self.mean) / self.std
+        pixel_values = (
+            torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() - self.mean
+        ) / self.std
         return {"pixel_values": pixel_values, "mask_labels": masks, "class_labels": labels}
 
 
@@ -310,8 +317,9 @@ class PointSampler:
     def _seed_for(self, salt: int) -> int:
         return int(np.random.SeedSequence(self.seed, spawn_key=(self.step, salt)).generate_state(1)[0])
 
-    def __call__(self, *size: int, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    def __call__(
+        self, *size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         dtype = dtype or torch.get_default_dtype()
         if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
             size = tuple(size[0])
@@ -364,8 +372,13 @@ def param_groups(
     ]
 
 
-def build_optimizer(model: nn.Module, lr: float = 1e-4, weight_decay: float = 0.05,
-                    backbone_multiplier: float = 0.1, **kwargs: Any) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float = 1e-4,
+    weight_decay: float = 0.05,
+    backbone_multiplier: float = 0.1,
+    **kwargs: Any,
+) -> torch.optim.AdamW:
     """AdamW over `param_groups` (the original's optimiser; betas/eps are torch's defaults as there)."""
     groups = param_groups(model, lr, weight_decay, backbone_multiplier, **kwargs)
     for group in groups:
@@ -414,11 +427,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def _gt_instances(target: Mapping[str, Any], thing_ids: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _gt_instances(
+    target: Mapping[str, Any], thing_ids: Sequence[int] | None
+) -> tuple[np.ndarray, np.ndarray]:
     panoptic = target["panoptic_map"]
     things = None if thing_ids is None else set(int(i) for i in thing_ids)
-    keep = [s for s in target["segments_info"]
-            if not s.get("iscrowd", 0) and (things is None or s["category_id"] in things)]
+    keep = [
+        s
+        for s in target["segments_info"]
+        if not s.get("iscrowd", 0) and (things is None or s["category_id"] in things)
+    ]
     masks = np.stack([panoptic == s["id"] for s in keep]) if keep else np.zeros((0, *panoptic.shape), bool)
     labels = np.array([s["category_id"] for s in keep], dtype=np.int64)
     return masks, labels
@@ -441,8 +459,11 @@ def evaluate(
     process evaluates the batches it is given and the evaluators are merged across processes.
     """
     check_task(task)
-    families = {"semantic": ["semantic"], "instance": ["instance"],
-                "panoptic": ["panoptic", "semantic", "instance"]}[task]
+    families = {
+        "semantic": ["semantic"],
+        "instance": ["instance"],
+        "panoptic": ["panoptic", "semantic", "instance"],
+    }[task]
     if metrics is not None:
         unknown = sorted(set(metrics) - set(TASKS))
         if unknown:
@@ -471,8 +492,10 @@ def evaluate(
             pixel_mask=batch["pixel_mask"].to(device),
             output_auxiliary_logits=False,
         )
-        outputs = {k: outputs[k].float().cpu() if k != "image_sizes" else outputs[k].cpu()
-                   for k in ("class_queries_logits", "masks_queries_logits", "image_sizes")}
+        outputs = {
+            k: outputs[k].float().cpu() if k != "image_sizes" else outputs[k].cpu()
+            for k in ("class_queries_logits", "masks_queries_logits", "image_sizes")
+        }
         sizes = batch["original_sizes"]
         targets = batch["targets"]
         if "semantic" in evaluators:
@@ -488,8 +511,12 @@ def evaluate(
                 if target["panoptic_map"] is None:
                     raise ValueError("panoptic evaluation needs panoptic ground truth")
                 segments = [{"id": s["id"], "category_id": s["label_id"]} for s in pred["segments_info"]]
-                evaluators["panoptic"].update(pred["segmentation"].to(torch.int64), segments,
-                                              target["panoptic_map"], target["segments_info"])
+                evaluators["panoptic"].update(
+                    pred["segmentation"].to(torch.int64),
+                    segments,
+                    target["panoptic_map"],
+                    target["segments_info"],
+                )
         if "instance" in evaluators:
             preds = processor.post_process_instance_segmentation(
                 outputs, target_sizes=sizes, return_binary_maps=True
@@ -522,8 +549,12 @@ def evaluate(
     results: dict[str, float] = {}
     if "panoptic" in evaluators:
         res = evaluators["panoptic"].compute()
-        results.update({k: float(res[k]) for k in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th",
-                                                   "PQ_st", "SQ_st", "RQ_st")})
+        results.update(
+            {
+                k: float(res[k])
+                for k in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+            }
+        )
     if "semantic" in evaluators:
         res = evaluators["semantic"].compute()
         results.update({k: float(res[k]) for k in ("mIoU", "fwIoU", "mACC", "pACC")})
@@ -535,8 +566,11 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------- model card
-_TASK_NAMES = {"semantic": "Semantic Segmentation", "instance": "Instance Segmentation",
-               "panoptic": "Panoptic Segmentation"}
+_TASK_NAMES = {
+    "semantic": "Semantic Segmentation",
+    "instance": "Instance Segmentation",
+    "panoptic": "Panoptic Segmentation",
+}
 _CARD_METRICS = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "fwIoU", "mACC", "pACC", "AP", "AP50", "AP75")
 
 
@@ -568,26 +602,49 @@ def write_model_card(
     if not license:
         raise ValueError("the model card needs a license")
     name = repo_id or Path(folder).resolve().name
-    shown = [(k, float(metrics[k])) for k in _CARD_METRICS if k in metrics and math.isfinite(float(metrics[k]))]
-    lines = ["---", f"license: {license}", "library_name: transformers", "pipeline_tag: image-segmentation",
-             "tags:", "- image-segmentation", "- mask2former", "- m2f_hf", f"- {task}-segmentation",
-             "datasets:", f"- {_yaml_str(dataset)}"]
+    shown = [
+        (k, float(metrics[k])) for k in _CARD_METRICS if k in metrics and math.isfinite(float(metrics[k]))
+    ]
+    lines = [
+        "---",
+        f"license: {license}",
+        "library_name: transformers",
+        "pipeline_tag: image-segmentation",
+        "tags:",
+        "- image-segmentation",
+        "- mask2former",
+        "- m2f_hf",
+        f"- {task}-segmentation",
+        "datasets:",
+        f"- {_yaml_str(dataset)}",
+    ]
     if base_model:
         lines.append(f"base_model: {_yaml_str(base_model)}")
     if shown:
-        lines += ["model-index:", f"- name: {_yaml_str(name)}", "  results:", "  - task:",
-                  "      type: image-segmentation", f"      name: {_TASK_NAMES[task]}", "    dataset:",
-                  f"      name: {_yaml_str(dataset)}", f"      type: {_yaml_str(dataset)}", "    metrics:"]
+        lines += [
+            "model-index:",
+            f"- name: {_yaml_str(name)}",
+            "  results:",
+            "  - task:",
+            "      type: image-segmentation",
+            f"      name: {_TASK_NAMES[task]}",
+            "    dataset:",
+            f"      name: {_yaml_str(dataset)}",
+            f"      type: {_yaml_str(dataset)}",
+            "    metrics:",
+        ]
         for key, value in shown:
             lines += [f"    - type: {key}", f"      value: {value:.2f}", f"      name: {key}"]
     lines.append("---")
     labels = ", ".join(f"{i}: {config.id2label[i]}" for i in range(config.num_labels))
-    things = "all classes" if config.thing_ids is None else ", ".join(config.id2label[i] for i in config.thing_ids)
+    things = (
+        "all classes" if config.thing_ids is None else ", ".join(config.id2label[i] for i in config.thing_ids)
+    )
     body = [
         f"# {name}",
         "",
-        f"Mask2Former ({config.backbone_type} backbone, hidden size {config.hidden_dim}, {config.num_queries} "
-        f"queries, {config.decoder_layers - 1} masked-attention decoder layers) for "
+        f"Mask2Former ({config.backbone_type} backbone, hidden size {config.hidden_dim}, "
+        f"{config.num_queries} queries, {config.decoder_layers - 1} masked-attention decoder layers) for "
         f"{_TASK_NAMES[task].lower()}, trained with the `m2f_hf` package "
         f"({'fine-tuned from `' + base_model + '`' if base_model else 'trained from scratch'}).",
         "",
@@ -601,8 +658,12 @@ def write_model_card(
         "",
     ]
     if shown:
-        body += ["Held-out split, original image resolution, the original post-processing:", "",
-                 "| metric | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in shown]
+        body += [
+            "Held-out split, original image resolution, the original post-processing:",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ] + [f"| {k} | {v:.2f} |" for k, v in shown]
     else:
         body.append("No evaluation was run.")
     if hyperparameters:
