@@ -97,16 +97,19 @@ def shift_attention_mask(
     and everything above forms a third (same for columns); tokens of different regions must not attend.
     """
 
-    def region(length: int) -> torch.Tensor:
-        pos = torch.arange(length, device=device)
+    ws, n_w = window_size, padded_width // window_size
+    num_windows = (padded_height // window_size) * n_w
+    # row/column of token t of window k (windows and tokens row-major), computed elementwise on the final
+    # (nW, N) layout: no reshuffle of a broadcast map, which torch.export would specialise on the sizes
+    index = torch.arange(num_windows * ws * ws, device=device).view(num_windows, ws * ws)
+    window, token = index // (ws * ws), index % (ws * ws)
+    rows = (window // n_w) * ws + token // ws
+    cols = (window % n_w) * ws + token % ws
+
+    def region(pos: torch.Tensor, length) -> torch.Tensor:
         return (pos >= length - window_size).long() + (pos >= length - shift_size).long()
 
-    ws, n_h, n_w = window_size, padded_height // window_size, padded_width // window_size
-    # label of token (v, u) in window (i, j) = 3 * region(i·ws + v) + region(j·ws + u), built by broadcasting
-    # (no window reshuffle of a map, which would make torch.export specialise on the number of windows)
-    rows = region(padded_height).view(n_h, 1, ws, 1)
-    cols = region(padded_width).view(1, n_w, 1, ws)
-    labels = (rows * 3 + cols).reshape(n_h * n_w, ws * ws)  # nW, N
+    labels = region(rows, padded_height) * 3 + region(cols, padded_width)  # nW, N
     different = labels[:, None, :] != labels[:, :, None]
     return torch.zeros(different.shape, device=device).masked_fill_(different, SHIFT_MASK_VALUE)
 
