@@ -677,6 +677,7 @@ def save_final(
     write_model_card(
         output_dir,
         model.config,
+        processor=processor,
         task=args.task,
         metrics=metrics,
         dataset=dataset,

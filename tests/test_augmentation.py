@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
+import oracle
 import pytest
 import torch
+from oracle import FIXTURES
+from oracle import NAMES as FIXTURE_NAMES
 from PIL import Image
 from scipy import ndimage
 
@@ -31,14 +31,6 @@ from m2f_hf.augmentation import (
     semantic_segmentation_augmentation,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE_NAMES = [
-    "A1_coco_panoptic_r50",
-    "A2_coco_panoptic_swin_tiny",
-    "A3_ade20k_semantic_r50",
-    "A4_coco_instance_r50",
-]
-
 
 def _scene(height: int = 90, width: int = 140):
     """A dark image with one bright ellipse, and every label form of that ellipse."""
@@ -50,6 +42,12 @@ def _scene(height: int = 90, width: int = 140):
     instance = np.where(shape, 2, 0).astype(np.int32)
     panoptic = np.where(shape, 70000, 12).astype(np.int64)
     return image, shape, semantic, instance, panoptic
+
+
+def _scene_labels(height: int = 90, width: int = 140) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`_scene`'s image and every label form of it, as the augmentation pipeline's keyword arguments."""
+    image, shape, semantic, instance, panoptic = _scene(height, width)
+    return image, dict(semantic_map=semantic, instance_map=instance, panoptic_map=panoptic, masks=shape[None])
 
 
 def _check_alignment(out: dict, pad_region: np.ndarray) -> None:
@@ -74,7 +72,7 @@ def _check_alignment(out: dict, pad_region: np.ndarray) -> None:
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_resize_shortest_edge_matches_oracle_preprocessing(name):
     """The original's ResizeShortestEdge + Pillow bilinear on the fixture inputs, bit for bit."""
-    meta = json.loads((FIXTURES / name / "meta.json").read_text())
+    meta = oracle.meta(name)
     inputs = np.load(FIXTURES / name / "inputs.npz")
     pipeline = AugmentationPipeline(
         [ResizeShortestEdge([meta["min_size_test"]], meta["max_size_test"], "choice")]
@@ -145,15 +143,8 @@ def test_lsj_draws_like_the_original():
 
 @pytest.mark.parametrize("seed", range(8))
 def test_lsj_geometry_consistent(seed):
-    image, shape, semantic, instance, panoptic = _scene()
-    out = large_scale_jitter(image_size=96, min_scale=0.5, max_scale=2.0)(
-        image,
-        semantic_map=semantic,
-        instance_map=instance,
-        panoptic_map=panoptic,
-        masks=shape[None],
-        rng=seed,
-    )
+    image, labels = _scene_labels()
+    out = large_scale_jitter(image_size=96, min_scale=0.5, max_scale=2.0)(image, **labels, rng=seed)
     assert out["image"].shape == (96, 96, 3)
     for key in ("semantic_map", "instance_map", "panoptic_map"):
         assert out[key].shape == (96, 96)
@@ -168,9 +159,9 @@ def test_lsj_geometry_consistent(seed):
 
 
 def test_lsj_padding_values():
-    image, shape, semantic, instance, panoptic = _scene(60, 80)
+    image, labels = _scene_labels(60, 80)
     out = large_scale_jitter(image_size=128, min_scale=0.5, max_scale=0.5, random_flip="none")(
-        image, semantic_map=semantic, instance_map=instance, panoptic_map=panoptic, masks=shape[None], rng=0
+        image, **labels, rng=0
     )
     # 60x80 into a 64x64 box: 48x64, then padded to 128x128
     assert out["transforms"][0] == ResizeTransform(60, 80, 48, 64)
@@ -180,6 +171,7 @@ def test_lsj_padding_values():
     assert not out["masks"][:, 48:].any() and not out["masks"][:, :, 64:].any()
     assert set(np.unique(out["semantic_map"][:48, :64])) == {1, 3}
     # the panoptic PNG form pads with colour 0 (VOID) too
+    panoptic = labels["panoptic_map"]
     png = np.stack([panoptic % 256, panoptic // 256 % 256, panoptic // 65536], -1).astype(np.uint8)
     out_png = large_scale_jitter(image_size=128, min_scale=0.5, max_scale=0.5, random_flip="none")(
         image, panoptic_map=png, rng=0
@@ -212,18 +204,11 @@ def _small_semantic_recipe(**kwargs):
 
 
 def test_semantic_recipe_geometry_and_padding():
-    image, shape, semantic, instance, panoptic = _scene(40, 120)  # short side 40 -> 64..96, crop 48
+    image, labels = _scene_labels(40, 120)  # short side 40 -> 64..96, crop 48
     pipeline = _small_semantic_recipe(color_aug_ssd=False)
     with_shape = 0
     for seed in range(12):
-        out = pipeline(
-            image,
-            semantic_map=semantic,
-            instance_map=instance,
-            panoptic_map=panoptic,
-            masks=shape[None],
-            rng=seed,
-        )
+        out = pipeline(image, **labels, rng=seed)
         assert out["image"].shape == (48, 48, 3) and out["semantic_map"].shape == (48, 48)
         pad = out["transforms"][-1]
         assert isinstance(pad, PadTransform)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
+import oracle
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from oracle import FIXTURES
+from oracle import NAMES as FIXTURE_NAMES
 from torch.overrides import TorchFunctionMode
 
 from m2f_hf.configuration_m2f import Mask2FormerConfig
@@ -17,13 +19,6 @@ from m2f_hf.criterion import Mask2FormerLoss
 from m2f_hf.matcher import Mask2FormerHungarianMatcher, _solve
 from m2f_hf.point_sampling import point_sample, sample_masks_at_points, uncertain_point_coords
 
-FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE_NAMES = [
-    "A1_coco_panoptic_r50",
-    "A2_coco_panoptic_swin_tiny",
-    "A3_ade20k_semantic_r50",
-    "A4_coco_instance_r50",
-]
 LAYERS = ["final"] + [f"aux{i}" for i in range(9)]
 
 
@@ -56,7 +51,7 @@ class RecordingRand:
 def load_fixture(name: str):
     folder = FIXTURES / name
     crit = json.loads((folder / "criterion.json").read_text())
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = oracle.meta(name)
     arrays = np.load(folder / "criterion.npz")
     raw = np.load(folder / "raw_outputs.npz")
     return crit, meta, arrays, raw

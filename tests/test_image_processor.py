@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
+import oracle
 import PIL.Image
 import pytest
 import torch
+from oracle import FIXTURES, NAMES
 
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor, resized_shape
-
-FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = [
-    "A1_coco_panoptic_r50",
-    "A2_coco_panoptic_swin_tiny",
-    "A3_ade20k_semantic_r50",
-    "A4_coco_instance_r50",
-]
 
 
 def fixture_processor(meta: dict, **kwargs) -> M2fHfImageProcessor:
@@ -38,7 +31,7 @@ def rgb_image(seed: int = 0, height: int = 50, width: int = 70) -> np.ndarray:
 @pytest.mark.parametrize("name", NAMES)
 def test_preprocessing_matches_original(name):
     folder = FIXTURES / name
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = oracle.meta(name)
     ref = np.load(folder / "inputs.npz")
     processor = fixture_processor(meta)
     images = [PIL.Image.open(folder / f) for f in meta["input_files"]]
@@ -155,9 +148,7 @@ def test_bad_arguments_raise():
 
 
 def test_padding_and_divisibility():
-    processor = M2fHfImageProcessor(
-        size={"shortest_edge": 40, "longest_edge": 80}, size_divisibility=32
-    )
+    processor = M2fHfImageProcessor(size={"shortest_edge": 40, "longest_edge": 80}, size_divisibility=32)
     out = processor([rgb_image(0, 50, 70), rgb_image(1, 70, 50)], return_tensors="pt")
     assert out["image_sizes"].tolist() == [[40, 56], [56, 40]]
     assert tuple(out["pixel_values"].shape) == (2, 3, 64, 64)

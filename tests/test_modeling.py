@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_m2f import HEAD as TINY_HEAD
 from transformers import AutoConfig, AutoModel, AutoModelForUniversalSegmentation
 
 import m2f_hf
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerModel
 
-HEAD = dict(
-    num_labels=5,
-    feature_size=32,
-    mask_feature_size=32,
-    hidden_dim=32,
-    num_attention_heads=4,
-    dim_feedforward=64,
-    num_queries=8,
-    encoder_layers=1,
-    decoder_layers=4,
-    encoder_feedforward_dim=64,
-)
+# the tiny head of the pipeline/Hub/CLI tests, with 5 classes and one more decoder layer
+HEAD = {**TINY_HEAD, "num_labels": 5, "decoder_layers": 4}
 BACKBONES = {
     "resnet_basic": ("resnet", dict(depth=50, stem_out_channels=16, res2_out_channels=32, width_per_group=8)),
     "resnet_deeplab_bn": (

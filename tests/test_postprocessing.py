@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import oracle
 import pytest
 import torch
+from oracle import FIXTURES, NAMES
 from PIL import Image
 
 from m2f_hf import postprocessing as pp
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
-
-FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = [
-    "A1_coco_panoptic_r50",
-    "A2_coco_panoptic_swin_tiny",
-    "A3_ade20k_semantic_r50",
-    "A4_coco_instance_r50",
-]
 
 
 def unpack(packed: np.ndarray, width: int) -> np.ndarray:
@@ -49,7 +41,7 @@ def load_case(name: str, source: str):
     """Processor, model outputs and oracle results for synthetic ("probe") or stored ("real") head outputs,
     or for the whole path from the PNG files ("e2e")."""
     folder = FIXTURES / name
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = oracle.meta(name)
     inputs = np.load(folder / "inputs.npz")
     flags = meta["task_flags"]
     processor = M2fHfImageProcessor(

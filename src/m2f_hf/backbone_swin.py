@@ -101,10 +101,11 @@ def shift_attention_mask(
     num_windows = (padded_height // window_size) * n_w
     # row/column of token t of window k (windows and tokens row-major), computed elementwise on the final
     # (nW, N) layout: no reshuffle of a broadcast map, which torch.export would specialise on the sizes
-    index = torch.arange(num_windows * ws * ws, device=device).view(num_windows, ws * ws)
-    window, token = index // (ws * ws), index % (ws * ws)
-    rows = (window // n_w) * ws + token // ws
-    cols = (window % n_w) * ws + token % ws
+    window = torch.arange(num_windows, device=device)[:, None]
+    token = torch.arange(ws * ws, device=device)[None, :]
+    window_row = window // n_w
+    rows = window_row * ws + token // ws
+    cols = (window - window_row * n_w) * ws + token % ws  # window % n_w, as ONNX takes no symbolic modulus
 
     def region(pos: torch.Tensor, length) -> torch.Tensor:
         return (pos >= length - window_size).long() + (pos >= length - shift_size).long()
@@ -186,7 +187,12 @@ class WindowAttention(nn.Module):
         else:
             # windows x heads become the attention "heads" so the per-window mask broadcasts over the batch
             qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, b, nw * heads, n, head_dim)
-            mask = (bias.unsqueeze(0) + shift_mask.unsqueeze(1)).reshape(1, nw * heads, n, n)
+            if _is_symbolic(nw):
+                # same sums on already-(nW·heads)-shaped operands: reshaping a broadcast sum would make
+                # torch.export specialise on whether there is a single window
+                mask = (bias.repeat(nw, 1, 1) + shift_mask.repeat_interleave(heads, dim=0)).unsqueeze(0)
+            else:
+                mask = (bias.unsqueeze(0) + shift_mask.unsqueeze(1)).reshape(1, nw * heads, n, n)
         q, k, v = qkv.unbind(0)
         out = F.scaled_dot_product_attention(
             q,
@@ -196,7 +202,11 @@ class WindowAttention(nn.Module):
             dropout_p=self.attn_drop if self.training else 0.0,
             scale=self.scale,
         )
-        out = out.view(b, nw, heads, n, head_dim).transpose(2, 3).reshape(b, nw, n, c)
+        out = out.view(b, nw, heads, n, head_dim)
+        if _is_symbolic(nw):  # an explicit copy: a reshape of the transposed view cannot be resolved symbolically
+            out = torch.transpose_copy(out, 2, 3).reshape(b, nw, n, c)
+        else:
+            out = out.transpose(2, 3).reshape(b, nw, n, c)
         return self.proj_drop(self.proj(out))
 
 

@@ -139,6 +139,11 @@ def _state_from_container(
     )
 
 
+def _unreadable(path: Path, kind: str, exc: Exception) -> ValueError:
+    """The error for a checkpoint file that exists but cannot be decoded (damaged or cut short)."""
+    return ValueError(f"could not read {path}: truncated or corrupt {kind} ({type(exc).__name__}: {exc})")
+
+
 def _load_pkl(path: Path) -> tuple[Any, str]:
     try:
         with path.open("rb") as f:
@@ -146,9 +151,7 @@ def _load_pkl(path: Path) -> tuple[Any, str]:
     except UnsafeCheckpointError:
         raise
     except Exception as exc:  # EOFError, UnpicklingError, ValueError ... from a damaged file
-        raise ValueError(
-            f"could not read {path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise _unreadable(path, "pickle", exc) from exc
     return data, "pkl"
 
 
@@ -160,9 +163,7 @@ def _load_pth(path: Path) -> tuple[Any, str]:
             f"refusing to load {path}: torch.load(weights_only=True) rejected it: {exc}"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise ValueError(
-            f"could not read {path}: truncated or corrupt torch file ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise _unreadable(path, "torch file", exc) from exc
     return data, "pth"
 
 
@@ -173,7 +174,7 @@ def _load_safetensors(path: Path) -> tuple[Any, str]:
     try:
         return load_file(str(path)), "safetensors"
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"could not read {path}: truncated or corrupt safetensors file ({exc})") from exc
+        raise _unreadable(path, "safetensors file", exc) from exc
 
 
 def load_original_checkpoint(path: str | Path) -> OriginalCheckpoint:

@@ -165,7 +165,7 @@ def predict(
     """
     from tqdm.auto import tqdm
 
-    from .pipeline_m2f import SUBTASKS, default_subtask
+    from .pipeline_m2f import SUBTASKS, default_subtask, post_process
     from .postprocessing import rle_encode
     from .visualization import distinct_colors, render_overlay
 
@@ -191,25 +191,15 @@ def predict(
                 pixel_values=batch["pixel_values"].to(device=device, dtype=model.dtype),
                 pixel_mask=batch["pixel_mask"].to(device),
             )
-        sizes = batch["original_sizes"]
-        if task == "semantic":
-            results = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
-        elif task == "panoptic":
-            results = processor.post_process_panoptic_segmentation(
-                outputs,
-                threshold=threshold,
-                mask_threshold=mask_threshold,
-                overlap_mask_area_threshold=overlap_threshold,
-                target_sizes=sizes,
-            )
-        else:
-            results = processor.post_process_instance_segmentation(
-                outputs,
-                threshold=threshold,
-                mask_threshold=mask_threshold,
-                target_sizes=sizes,
-                return_binary_maps=True,
-            )
+        results = post_process(
+            processor,
+            outputs,
+            task,
+            target_sizes=batch["original_sizes"],
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            overlap_mask_area_threshold=overlap_threshold,
+        )
         for (path, stem), picture, result in zip(chunk, pictures, results, strict=True):
             segmentation, records, masks = segments_of(result, task, model.config.id2label)
             colors = distinct_colors(len(records))
@@ -366,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     original = sources.add_parser("original", help="original detectron2 checkpoint (.pkl/.pth)")
     original.add_argument("--checkpoint", required=True, help="model_final_*.pkl (or .pth / .safetensors)")
     original.add_argument("--config", help="the original yaml (its _BASE_ files are read next to it)")
-    original.add_argument("--dataset", help="label set; needed without --config (e.g. coco_panoptic)")
+    original.add_argument(
+        "--dataset",
+        help="label set (e.g. coco_panoptic) for the class names / thing classes; needed without --config, "
+        "otherwise read from DATASETS.TRAIN",
+    )
     original.add_argument(
         "--no-strict", action="store_true", help="list unused/missing keys instead of failing"
     )

@@ -30,6 +30,7 @@ from .original_config import (
     resolve_label_set,
     settings_from_original_config,
     swin_pretrain_size_for_window,
+    zoo_config_kwargs,
     zoo_test_settings,
 )
 
@@ -350,13 +351,7 @@ def infer_settings_from_state_dict(sd: Mapping[str, torch.Tensor], dataset: str)
         oversample_ratio=3.0,
         importance_sample_ratio=0.75,
         use_auxiliary_loss=True,
-        semantic_on=test["semantic_on"],
-        instance_on=test["instance_on"],
-        panoptic_on=test["panoptic_on"],
-        object_mask_threshold=test["object_mask_threshold"],
-        overlap_threshold=test["overlap_threshold"],
-        test_topk_per_image=test["test_topk_per_image"],
-        sem_seg_postprocess_before_inference=test["sem_seg_postprocess_before_inference"],
+        **zoo_config_kwargs(test),
         **labels,
     )
     processor_kwargs = processor_kwargs_for(

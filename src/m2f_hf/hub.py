@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -169,6 +170,17 @@ def _yaml(value: Any) -> str:
     return json.dumps(str(value))  # a JSON string is a valid YAML scalar
 
 
+_YAML_SPECIAL = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
+
+
+def _yaml_key(value: Any) -> str:
+    """A metric name as a YAML scalar: plain for a simple identifier (`PQ`, `AP50`), else quoted."""
+    text = str(value)
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text) and text.lower() not in _YAML_SPECIAL:
+        return text
+    return _yaml(text)
+
+
 def _label_rows(config: Mask2FormerConfig) -> list[str]:
     things = set(range(config.num_labels)) if config.thing_ids is None else set(config.thing_ids)
     rows = ["| id | label | kind |", "|---:|---|---|"]
@@ -195,6 +207,7 @@ def build_model_card(
     notes: Sequence[str] = (),
     extra_sections: Mapping[str, str] | None = None,
     remote_code: bool = True,
+    metric_format: str = "g",
 ) -> str:
     """README.md text of a Hub model repository: YAML metadata (license, pipeline tag, datasets,
     model-index metrics), a description, the label table, metrics, usage snippets, license and notes.
@@ -202,7 +215,8 @@ def build_model_card(
     name: the Hub repository id (or folder) the usage snippets load. summary: one paragraph on where the
     weights come from. task: the task of the metrics and of the snippets (default: the config's,
     `pipeline_m2f.default_subtask`). metrics: name → value (e.g. {"PQ": 51.9}); `metrics_source` says
-    where they come from. details: extra bullet lines. extra_sections: heading → markdown.
+    where they come from; `metric_format` is how their values are written (a format spec, e.g. ".2f").
+    details: extra bullet lines. extra_sections: heading → markdown.
     """
     if not license:
         raise ValueError("a model card needs a license (a Hub license id such as 'apache-2.0', or 'other')")
@@ -247,7 +261,11 @@ def build_model_card(
             "    metrics:",
         ]
         for key, value in shown:
-            meta += [f"    - type: {_yaml(key)}", f"      value: {value:g}", f"      name: {_yaml(key)}"]
+            meta += [
+                f"    - type: {_yaml_key(key)}",
+                f"      value: {value:{metric_format}}",
+                f"      name: {_yaml_key(key)}",
+            ]
     meta.append("---")
 
     enabled = [
@@ -288,7 +306,7 @@ def build_model_card(
     if shown:
         if metrics_source:
             body += [metrics_source.strip(), ""]
-        body += ["| metric | value |", "|---|---:|", *[f"| {k} | {v:g} |" for k, v in shown]]
+        body += ["| metric | value |", "|---|---:|", *[f"| {k} | {v:{metric_format}} |" for k, v in shown]]
     else:
         body.append("No evaluation results are recorded for this model.")
     requirements = " ".join(external_requirements(remote_code_modules()))

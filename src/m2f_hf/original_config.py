@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ast
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .configuration_m2f import Mask2FormerConfig
+from .configuration_m2f import SWIN_DEFAULTS, Mask2FormerConfig
 from .label_sets import DATASET_NAME_TO_LABEL_SET, LabelSet, get_label_set
 
 ORIGINAL_DEFAULTS: dict[str, Any] = {
@@ -42,20 +43,8 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
             "STEM_TYPE": "deeplab",
         },
         "SWIN": {
-            "PRETRAIN_IMG_SIZE": 224,
-            "PATCH_SIZE": 4,
-            "EMBED_DIM": 96,
-            "DEPTHS": [2, 2, 6, 2],
-            "NUM_HEADS": [3, 6, 12, 24],
-            "WINDOW_SIZE": 7,
-            "MLP_RATIO": 4.0,
-            "QKV_BIAS": True,
-            "QK_SCALE": None,
-            "DROP_RATE": 0.0,
-            "ATTN_DROP_RATE": 0.0,
-            "DROP_PATH_RATE": 0.3,
-            "APE": False,
-            "PATCH_NORM": True,
+            # add_swin_config's architecture defaults are our SWIN_DEFAULTS, under upper-case names
+            **{key.upper(): copy.deepcopy(value) for key, value in SWIN_DEFAULTS.items()},
             "OUT_FEATURES": ["res2", "res3", "res4", "res5"],
             "USE_CHECKPOINT": False,
         },
@@ -526,6 +515,23 @@ def zoo_test_settings(dataset: str, backbone_type: str, window_size: int | None 
     }
 
 
+# the `zoo_test_settings` entries that are Mask2FormerConfig fields of the same name
+ZOO_CONFIG_FIELDS = (
+    "semantic_on",
+    "instance_on",
+    "panoptic_on",
+    "object_mask_threshold",
+    "overlap_threshold",
+    "test_topk_per_image",
+    "sem_seg_postprocess_before_inference",
+)
+
+
+def zoo_config_kwargs(test: Mapping[str, Any]) -> dict[str, Any]:
+    """The inference options of `zoo_test_settings(...)` as Mask2FormerConfig keyword arguments."""
+    return {key: test[key] for key in ZOO_CONFIG_FIELDS}
+
+
 def swin_pretrain_size_for_window(window_size: int) -> int:
     """The zoo's Swin models use window 7 at 224 pretraining and window 12 at 384."""
     return 384 if window_size == 12 else 224
@@ -539,5 +545,6 @@ __all__ = [
     "load_original_yaml",
     "resolve_label_set",
     "settings_from_original_config",
+    "zoo_config_kwargs",
     "zoo_test_settings",
 ]

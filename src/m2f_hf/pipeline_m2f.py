@@ -31,7 +31,13 @@ from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
 from .configuration_m2f import Mask2FormerConfig
 
-__all__ = ["SUBTASKS", "M2fHfImageSegmentationPipeline", "default_subtask", "register_segmentation_pipeline"]
+__all__ = [
+    "SUBTASKS",
+    "M2fHfImageSegmentationPipeline",
+    "default_subtask",
+    "post_process",
+    "register_segmentation_pipeline",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,40 @@ def default_subtask(config: Any) -> str:
     if getattr(config, "instance_on", False):
         return "instance"
     return "semantic"
+
+
+def post_process(
+    processor: Any,
+    outputs: Any,
+    subtask: str,
+    *,
+    target_sizes: Any,
+    threshold: float | None,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float | None,
+) -> list[Any]:
+    """The processor's post-processing of `subtask`, one result per image: semantic maps, panoptic
+    segmentations, or instance results with one full binary mask per detection (masks may overlap).
+    threshold / overlap_mask_area_threshold None: the processor's own defaults."""
+    if subtask == "semantic":
+        return processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
+    if subtask == "panoptic":
+        return processor.post_process_panoptic_segmentation(
+            outputs,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            overlap_mask_area_threshold=overlap_mask_area_threshold,
+            target_sizes=target_sizes,
+        )
+    if subtask == "instance":
+        return processor.post_process_instance_segmentation(
+            outputs,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            target_sizes=target_sizes,
+            return_binary_maps=True,
+        )
+    raise ValueError(f"subtask must be one of {SUBTASKS}, got {subtask!r}")
 
 
 def check_subtask(subtask: str | None) -> str | None:
@@ -156,34 +196,24 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
 
         subtask = check_subtask(subtask) or default_subtask(self.model.config)
         mask_threshold = 0.5 if mask_threshold is None else mask_threshold
-        target_sizes = model_outputs["target_size"]
-        processor = self.image_processor
         id2label = self.model.config.id2label
+        result = post_process(
+            self.image_processor,
+            model_outputs,
+            subtask,
+            target_sizes=model_outputs["target_size"],
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            overlap_mask_area_threshold=overlap_mask_area_threshold,
+        )[0]
         if subtask == "semantic":
-            segmentation = processor.post_process_semantic_segmentation(
-                model_outputs, target_sizes=target_sizes
-            )[0]
             return [
-                {"score": None, "label": id2label[int(label)], "mask": _mask_image(segmentation == label)}
-                for label in torch.unique(segmentation).tolist()
+                {"score": None, "label": id2label[int(label)], "mask": _mask_image(result == label)}
+                for label in torch.unique(result).tolist()
             ]
         if subtask == "panoptic":
-            result = processor.post_process_panoptic_segmentation(
-                model_outputs,
-                threshold=threshold,
-                mask_threshold=mask_threshold,
-                overlap_mask_area_threshold=overlap_mask_area_threshold,
-                target_sizes=target_sizes,
-            )[0]
             masks = [result["segmentation"] == segment["id"] for segment in result["segments_info"]]
         else:
-            result = processor.post_process_instance_segmentation(
-                model_outputs,
-                threshold=threshold,
-                mask_threshold=mask_threshold,
-                target_sizes=target_sizes,
-                return_binary_maps=True,
-            )[0]
             masks = list(result["segmentation"])
         return [
             {"score": segment["score"], "label": id2label[segment["label_id"]], "mask": _mask_image(mask)}

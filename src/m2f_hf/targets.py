@@ -85,6 +85,39 @@ def _reduce_labels(label_map: np.ndarray, ignore_index: int) -> np.ndarray:
     return reduced
 
 
+def _label_map(
+    label_map: Any,
+    name: str,
+    image_size: Sequence[int] | None,
+    do_reduce_labels: bool,
+    ignore_index: int | None,
+    zero: str,
+) -> np.ndarray:
+    """A checked (H, W) integer label map, with the ADE20K label reduction applied when asked for
+    (`zero` names what value 0 is, for the error)."""
+    values = _as_integer_map(label_map, name)
+    _check_image_size(values.shape, image_size, name)
+    if do_reduce_labels:
+        if ignore_index is None:
+            raise ValueError(f"do_reduce_labels=True needs an ignore_index to send {zero} 0 to")
+        values = _reduce_labels(values, ignore_index)
+    return values
+
+
+def _value_index(label_map: np.ndarray, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of `label_map` other than `ignore_index` (increasing) and, per pixel, the
+    position of its value among them (-1 where the pixel is ignored)."""
+    height, width = label_map.shape
+    values, inverse = np.unique(label_map, return_inverse=True)
+    index = inverse.reshape(height, width).astype(np.int64)
+    if ignore_index is not None and np.any(values == ignore_index):
+        position = int(np.flatnonzero(values == ignore_index)[0])
+        index[index == position] = -1
+        index[index > position] -= 1
+        values = np.delete(values, position)
+    return values, index
+
+
 def semantic_to_targets(
     segmentation_map: Any,
     ignore_index: int | None = 255,
@@ -102,22 +135,11 @@ def semantic_to_targets(
     Returns:
         masks (N, H, W) bool and labels (N,) long, classes in increasing order.
     """
-    seg = _as_integer_map(segmentation_map, "segmentation_map")
-    _check_image_size(seg.shape, image_size, "segmentation_map")
-    if do_reduce_labels:
-        if ignore_index is None:
-            raise ValueError("do_reduce_labels=True needs an ignore_index to send class 0 to")
-        seg = _reduce_labels(seg, ignore_index)
-    height, width = seg.shape
-    classes, inverse = np.unique(seg, return_inverse=True)
-    index = inverse.reshape(height, width).astype(np.int64)
-    if ignore_index is not None and np.any(classes == ignore_index):
-        position = int(np.flatnonzero(classes == ignore_index)[0])
-        index[index == position] = -1
-        index[index > position] -= 1
-        classes = np.delete(classes, position)
+    name = "segmentation_map"
+    seg = _label_map(segmentation_map, name, image_size, do_reduce_labels, ignore_index, "class")
+    classes, index = _value_index(seg, ignore_index)
     if classes.size == 0:
-        return _empty(height, width)
+        return _empty(*seg.shape)
     return _scatter_masks(index, classes.size), torch.as_tensor(classes.astype(np.int64))
 
 
@@ -138,22 +160,10 @@ def instance_to_targets(
     Returns:
         masks (N, H, W) bool and labels (N,) long, instances in increasing id order.
     """
-    instances = _as_integer_map(instance_map, "instance_map")
-    _check_image_size(instances.shape, image_size, "instance_map")
-    if do_reduce_labels:
-        if ignore_index is None:
-            raise ValueError("do_reduce_labels=True needs an ignore_index to send id 0 to")
-        instances = _reduce_labels(instances, ignore_index)
-    height, width = instances.shape
-    ids, inverse = np.unique(instances, return_inverse=True)
-    index = inverse.reshape(height, width).astype(np.int64)
-    if ignore_index is not None and np.any(ids == ignore_index):
-        position = int(np.flatnonzero(ids == ignore_index)[0])
-        index[index == position] = -1
-        index[index > position] -= 1
-        ids = np.delete(ids, position)
+    instances = _label_map(instance_map, "instance_map", image_size, do_reduce_labels, ignore_index, "id")
+    ids, index = _value_index(instances, ignore_index)
     if ids.size == 0:
-        return _empty(height, width)
+        return _empty(*instances.shape)
     if instance_id_to_semantic_id is None:
         labels = ids.astype(np.int64)
     else:

@@ -566,18 +566,7 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------- model card
-_TASK_NAMES = {
-    "semantic": "Semantic Segmentation",
-    "instance": "Instance Segmentation",
-    "panoptic": "Panoptic Segmentation",
-}
 _CARD_METRICS = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "fwIoU", "mACC", "pACC", "AP", "AP50", "AP75")
-
-
-def _yaml_str(value: Any) -> str:
-    import json
-
-    return json.dumps(str(value))
 
 
 def write_model_card(
@@ -592,9 +581,13 @@ def write_model_card(
     dataset_details: str | None = None,
     training_command: str | None = None,
     hyperparameters: Mapping[str, Any] | None = None,
+    processor: Any = None,
 ) -> str:
-    """Write README.md (Hub model card: YAML metadata with model-index metrics, then prose) into `folder`."""
+    """Write README.md into `folder`: `hub.build_model_card` with the training run's provenance
+    (base checkpoint, data, hyper-parameters, command) and its finite held-out metrics."""
     from pathlib import Path
+
+    from .hub import build_model_card
 
     check_task(task)
     if not dataset:
@@ -602,92 +595,32 @@ def write_model_card(
     if not license:
         raise ValueError("the model card needs a license")
     name = repo_id or Path(folder).resolve().name
-    shown = [
-        (k, float(metrics[k])) for k in _CARD_METRICS if k in metrics and math.isfinite(float(metrics[k]))
-    ]
-    lines = [
-        "---",
-        f"license: {license}",
-        "library_name: transformers",
-        "pipeline_tag: image-segmentation",
-        "tags:",
-        "- image-segmentation",
-        "- mask2former",
-        "- m2f_hf",
-        f"- {task}-segmentation",
-        "datasets:",
-        f"- {_yaml_str(dataset)}",
-    ]
-    if base_model:
-        lines.append(f"base_model: {_yaml_str(base_model)}")
-    if shown:
-        lines += [
-            "model-index:",
-            f"- name: {_yaml_str(name)}",
-            "  results:",
-            "  - task:",
-            "      type: image-segmentation",
-            f"      name: {_TASK_NAMES[task]}",
-            "    dataset:",
-            f"      name: {_yaml_str(dataset)}",
-            f"      type: {_yaml_str(dataset)}",
-            "    metrics:",
-        ]
-        for key, value in shown:
-            lines += [f"    - type: {key}", f"      value: {value:.2f}", f"      name: {key}"]
-    lines.append("---")
-    labels = ", ".join(f"{i}: {config.id2label[i]}" for i in range(config.num_labels))
-    things = (
-        "all classes" if config.thing_ids is None else ", ".join(config.id2label[i] for i in config.thing_ids)
-    )
-    body = [
-        f"# {name}",
-        "",
-        f"Mask2Former ({config.backbone_type} backbone, hidden size {config.hidden_dim}, "
-        f"{config.num_queries} queries, {config.decoder_layers - 1} masked-attention decoder layers) for "
-        f"{_TASK_NAMES[task].lower()}, trained with the `m2f_hf` package "
-        f"({'fine-tuned from `' + base_model + '`' if base_model else 'trained from scratch'}).",
-        "",
-        f"- **Dataset:** {dataset}" + (f" ({dataset_details})" if dataset_details else ""),
-        f"- **Base checkpoint:** {base_model or 'none (random initialisation)'}",
-        f"- **License:** {license}",
-        f"- **Classes ({config.num_labels}):** {labels}",
-        f"- **Thing classes:** {things}",
-        "",
-        "## Evaluation",
-        "",
-    ]
-    if shown:
-        body += [
-            "Held-out split, original image resolution, the original post-processing:",
-            "",
-            "| metric | value |",
-            "|---|---|",
-        ] + [f"| {k} | {v:.2f} |" for k, v in shown]
-    else:
-        body.append("No evaluation was run.")
+    shown = {k: float(metrics[k]) for k in _CARD_METRICS if k in metrics and math.isfinite(float(metrics[k]))}
+    origin = f"fine-tuned from `{base_model}`" if base_model else "trained from scratch"
+    details = [f"**Base checkpoint:** {base_model or 'none (random initialisation)'}"]
+    if dataset_details:
+        details.append(f"**Training data:** {dataset_details}")
+    training = []
     if hyperparameters:
-        body += ["", "## Training", "", "| hyperparameter | value |", "|---|---|"]
-        body += [f"| {k} | {v} |" for k, v in hyperparameters.items()]
+        training += ["| hyperparameter | value |", "|---|---|"]
+        training += [f"| {k} | {v} |" for k, v in hyperparameters.items()]
     if training_command:
-        body += ["", "```bash", training_command, "```"]
-    body += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import m2f_hf  # registers the classes with transformers' Auto* factories",
-        "from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation",
-        "",
-        f'processor = AutoImageProcessor.from_pretrained("{name}")',
-        f'model = AutoModelForUniversalSegmentation.from_pretrained("{name}")',
-        'inputs = processor(images=image, return_tensors="pt")',
-        "outputs = model(**inputs)",
-        f"result = processor.post_process_{task}_segmentation(outputs, "
-        'target_sizes=inputs["original_sizes"])[0]',
-        "```",
-        "",
-    ]
-    text = "\n".join(lines + [""] + body)
+        training += ["", "```bash", training_command, "```"]
+    text = build_model_card(
+        config,
+        name=name,
+        license=license,
+        summary=f"Mask2Former for {task} segmentation, trained with the `m2f_hf` package ({origin}).",
+        processor=processor,
+        dataset=dataset,
+        task=task,
+        metrics=shown,
+        metrics_source="Held-out split, original image resolution, the original post-processing:",
+        base_model=base_model,
+        details=details,
+        extra_sections={"Training": "\n".join(training)} if training else None,
+        remote_code=False,
+        metric_format=".2f",
+    )
     Path(folder, "README.md").write_text(text)
     return text
