@@ -30,8 +30,9 @@ __all__ = ["IMAGE_SUFFIXES", "main", "predict", "build_parser"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL = ASSETS / "demo_model"
-# the demo image: one shipped with the demo model if its author bundled one, else the bundled photo
-DEMO_IMAGES = (DEMO_MODEL / "demo_image.png", ASSETS / "demo_image.png", ASSETS / "demo_photo.png")
+# the demo image: a held-out image of the synthetic data the demo model was trained on (the model knows only
+# those shapes and backgrounds), else the bundled photo
+DEMO_IMAGES = (ASSETS / "synthetic_heldout_0.png", ASSETS / "demo_photo.png")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # the original demo (demo/demo.py --confidence-threshold) draws instances scoring at least 0.5
 INSTANCE_DISPLAY_THRESHOLD = 0.5
