@@ -203,7 +203,7 @@ class WindowAttention(nn.Module):
             scale=self.scale,
         )
         out = out.view(b, nw, heads, n, head_dim)
-        if _is_symbolic(nw):  # an explicit copy: a reshape of the transposed view cannot be resolved symbolically
+        if _is_symbolic(nw):  # explicit copy: reshaping the transposed view is unresolvable symbolically
             out = torch.transpose_copy(out, 2, 3).reshape(b, nw, n, c)
         else:
             out = out.transpose(2, 3).reshape(b, nw, n, c)

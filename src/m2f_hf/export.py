@@ -59,7 +59,8 @@ def _min_blocks(model: nn.Module, dynamic: bool) -> int:
 
 def _check_request(model: nn.Module, height: int, width: int, batch_size: int, dynamic: bool,
                    max_size: int) -> None:
-    for name, value in (("height", height), ("width", width), ("batch_size", batch_size), ("max_size", max_size)):
+    named = (("height", height), ("width", width), ("batch_size", batch_size), ("max_size", max_size))
+    for name, value in named:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     for name, value in (("height", height), ("width", width), ("max_size", max_size)):
@@ -119,15 +120,18 @@ def export_onnx(
     opset: int = 18,
     batch_size: int = 2,
     max_size: int = 2048,
+    program: torch.export.ExportedProgram | None = None,
 ) -> Path:
     """Write an ONNX graph of `model` with the dynamo exporter (`torch.onnx.export(..., dynamo=True)`).
 
     Inputs: "pixel_values"; outputs: "class_queries_logits", "masks_queries_logits". Deformable attention
-    becomes GridSample, so `opset` must be >= 16.
+    becomes GridSample, so `opset` must be >= 16. Pass `program` (from `export_program`) to convert an
+    existing program instead of tracing `model` again.
     """
     if opset < 16:
         raise ValueError(f"opset {opset} is too old: deformable attention needs GridSample (opset >= 16)")
-    program = export_program(model, height, width, dynamic, batch_size, max_size)
+    if program is None:
+        program = export_program(model, height, width, dynamic, batch_size, max_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program = torch.onnx.export(
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="*.onnx for ONNX, *.pt2 for a torch.export program")
     parser.add_argument("--height", type=int, default=512, help="trace height (multiple of 32)")
     parser.add_argument("--width", type=int, default=512, help="trace width (multiple of 32)")
-    parser.add_argument("--static", action="store_true", help="fix batch, height and width to the trace shape")
+    parser.add_argument("--static", action="store_true", help="fix the traced batch/height/width")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--max-size", type=int, default=2048, help="largest dynamic height/width")
     args = parser.parse_args(argv)
@@ -169,11 +173,12 @@ def main(argv: list[str] | None = None) -> None:
 
     model = Mask2FormerForUniversalSegmentation.from_pretrained(args.model).eval()
     output = Path(args.output)
+    batch = 1 if args.static else 2  # a static graph takes one image; a dynamic one is traced with two
     if output.suffix == ".pt2":
-        program = export_program(model, args.height, args.width, not args.static, max_size=args.max_size)
+        program = export_program(model, args.height, args.width, not args.static, batch, args.max_size)
         torch.export.save(program, str(output))
     elif output.suffix == ".onnx":
-        export_onnx(model, output, args.height, args.width, not args.static, args.opset, max_size=args.max_size)
+        export_onnx(model, output, args.height, args.width, not args.static, args.opset, batch, args.max_size)
     else:
         raise SystemExit(f"--output must end in .onnx or .pt2, got {output.name}")
     print(f"wrote {output}")

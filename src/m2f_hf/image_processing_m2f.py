@@ -547,10 +547,19 @@ class M2fHfImageProcessor(PilBackend):
             fuse = self._class_flags(label_ids_to_fuse, num_classes, device)
         results = []
         for b in range(class_logits.shape[0]):
-            masks = self._masks_at_target(mask_logits[b], crops[b], targets[b])
-            panoptic, segments = pp.panoptic_inference(
-                class_logits[b], masks, fuse, threshold, overlap, mask_threshold
-            )
+            # only queries passing the score threshold can win pixels or form segments: upsample just those
+            # (same result as upsampling all, at a fraction of the full-resolution work)
+            scores, labels = class_logits[b].softmax(dim=-1).max(dim=-1)
+            kept = (labels.ne(num_classes) & (scores > threshold)).nonzero()[:, 0]
+            if kept.numel() == 0:
+                height, width = (int(v) for v in targets[b])
+                panoptic = torch.zeros((height, width), dtype=torch.int32, device=device)
+                segments = {k: kept for k in ("label", "score", "was_fused")}
+            else:
+                masks = self._masks_at_target(mask_logits[b][kept], crops[b], targets[b])
+                panoptic, segments = pp.panoptic_inference(
+                    class_logits[b][kept], masks, fuse, threshold, overlap, mask_threshold
+                )
             labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
             info = [
                 {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}

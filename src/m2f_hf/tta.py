@@ -37,7 +37,8 @@ TASKS = ("semantic", "instance", "panoptic")
 
 
 def tta_sizes(processor: Any, scales: Sequence[float] = TTA_SCALES) -> tuple[tuple[int, ...], int | None]:
-    """Default (min_sizes, max_size): the processor's shortest/longest edge times `scales` (and the largest)."""
+    """Default (min_sizes, max_size): the processor's shortest edge times `scales`, longest edge times the
+    largest scale."""
     size = processor.size
     shortest = size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge
     longest = size.get("longest_edge") if isinstance(size, dict) else size.longest_edge
@@ -194,7 +195,9 @@ def _panoptic(processor, class_logits, mask_logits, threshold, mask_threshold, o
         fuse = ~processor._class_flags(things, num_classes, device)
     else:
         fuse = processor._class_flags(label_ids_to_fuse, num_classes, device)
-    panoptic, segments = pp.panoptic_inference(class_logits, mask_logits, fuse, threshold, overlap, mask_threshold)
+    panoptic, segments = pp.panoptic_inference(
+        class_logits, mask_logits, fuse, threshold, overlap, mask_threshold
+    )
     labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
     info = [
         {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
@@ -213,9 +216,10 @@ def _instance(processor, class_logits, mask_logits, threshold, mask_threshold, b
         class_logits, mask_logits, processor.test_topk_per_image, things, mask_threshold, threshold
     )
     binary = found["masks"]
+    labels, scores = found["labels"].tolist(), found["scores"].tolist()
     info = [
         {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
-        for i, (label, score) in enumerate(zip(found["labels"].tolist(), found["scores"].tolist(), strict=True))
+        for i, (label, score) in enumerate(zip(labels, scores, strict=True))
     ]
     if binary_maps:
         segmentation = binary
