@@ -204,3 +204,27 @@ def test_convert_transformers(tmp_path):
         == 0
     )
     assert (tmp_path / "p" / f"{PHOTO.stem}_semantic.png").is_file()
+
+
+def test_export_static_onnx_matches_eager(models, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from m2f_hf import Mask2FormerForUniversalSegmentation
+
+    out = tmp_path / "model.onnx"
+    args = ["export", "--model", str(models["panoptic"]), "--output", str(out), "--static"]
+    assert cli.main([*args, "--height", "64", "--width", "96"]) == 0
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(models["panoptic"]).eval()
+    with torch.no_grad():
+        eager = model(pixel_values)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    class_logits, mask_logits = session.run(None, {name: pixel_values.numpy()})[:2]
+    for ours, reference in (
+        (class_logits, eager.class_queries_logits),
+        (mask_logits, eager.masks_queries_logits),
+    ):
+        reference = reference.numpy()  # onnxruntime's kernels: float32 noise relative to the logits' scale
+        assert np.abs(ours - reference).max() <= 1e-4 * max(1.0, float(np.abs(reference).max()))

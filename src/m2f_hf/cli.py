@@ -285,6 +285,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import main as export_main
+
+    export_main(args.export_args)
+    return 0
+
+
+def _export_argv(argv: Sequence[str]) -> list[str] | None:
+    """The arguments after `export`, forwarded untouched (sub-parsers can't pass options through)."""
+    return list(argv[1:]) if argv[:1] == ["export"] else None
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     if args.source == "original":
         from .convert_original import convert_checkpoint
@@ -376,11 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
             "--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repository"
         )
     convert_p.set_defaults(run=_cmd_convert)
+
+    export_p = commands.add_parser(
+        "export",
+        help="export to ONNX (*.onnx) or a torch.export program (*.pt2); see docs/export.md",
+        add_help=False,
+    )
+    export_p.add_argument(
+        "export_args", nargs=argparse.REMAINDER, help="arguments of `python -m m2f_hf.export`"
+    )
+    export_p.set_defaults(run=_cmd_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    export_args = _export_argv(argv)
+    if export_args is not None:
+        args = argparse.Namespace(run=_cmd_export, export_args=export_args)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (CliError, ValueError, OSError) as exc:
