@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+BLOCKS_PER_STAGE = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -28,7 +34,9 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -71,8 +79,9 @@ class BasicStem(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, norm: str):
         super().__init__()
-        self.conv1 = ConvNorm(in_channels, out_channels, 7, stride=2, padding=3, bias=False,
-                              norm=make_norm(norm, out_channels))
+        self.conv1 = ConvNorm(
+            in_channels, out_channels, 7, stride=2, padding=3, bias=False, norm=make_norm(norm, out_channels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(F.relu(self.conv1(x)), kernel_size=3, stride=2, padding=1)
@@ -84,9 +93,13 @@ class DeepLabStem(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm: str):
         super().__init__()
         half = out_channels // 2
-        self.conv1 = ConvNorm(in_channels, half, 3, stride=2, padding=1, bias=False, norm=make_norm(norm, half))
+        self.conv1 = ConvNorm(
+            in_channels, half, 3, stride=2, padding=1, bias=False, norm=make_norm(norm, half)
+        )
         self.conv2 = ConvNorm(half, half, 3, padding=1, bias=False, norm=make_norm(norm, half))
-        self.conv3 = ConvNorm(half, out_channels, 3, padding=1, bias=False, norm=make_norm(norm, out_channels))
+        self.conv3 = ConvNorm(
+            half, out_channels, 3, padding=1, bias=False, norm=make_norm(norm, out_channels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
@@ -98,23 +111,50 @@ class DeepLabStem(nn.Module):
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> ConvNorm | None:
     if in_channels == out_channels:
         return None
-    return ConvNorm(in_channels, out_channels, 1, stride=stride, bias=False, norm=make_norm(norm, out_channels))
+    return ConvNorm(
+        in_channels, out_channels, 1, stride=stride, bias=False, norm=make_norm(norm, out_channels)
+    )
 
 
 class BottleneckBlock(nn.Module):
     """1x1 → 3x3 (grouped, dilated) → 1x1 residual block; the stride sits in the 1x1 or the 3x3 conv."""
 
-    def __init__(self, in_channels, out_channels, bottleneck_channels, stride, num_groups, norm,
-                 stride_in_1x1, dilation):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        bottleneck_channels,
+        stride,
+        num_groups,
+        norm,
+        stride_in_1x1,
+        dilation,
+    ):
         super().__init__()
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, stride=stride_1x1, bias=False,
-                              norm=make_norm(norm, bottleneck_channels))
-        self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride_3x3, padding=dilation,
-                              bias=False, groups=num_groups, dilation=dilation,
-                              norm=make_norm(norm, bottleneck_channels))
-        self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1, bias=False, norm=make_norm(norm, out_channels))
+        self.conv1 = ConvNorm(
+            in_channels,
+            bottleneck_channels,
+            1,
+            stride=stride_1x1,
+            bias=False,
+            norm=make_norm(norm, bottleneck_channels),
+        )
+        self.conv2 = ConvNorm(
+            bottleneck_channels,
+            bottleneck_channels,
+            3,
+            stride=stride_3x3,
+            padding=dilation,
+            bias=False,
+            groups=num_groups,
+            dilation=dilation,
+            norm=make_norm(norm, bottleneck_channels),
+        )
+        self.conv3 = ConvNorm(
+            bottleneck_channels, out_channels, 1, bias=False, norm=make_norm(norm, out_channels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.conv1(x))
@@ -130,10 +170,25 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels, out_channels, stride, norm, dilation=1):
         super().__init__()
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
-        self.conv1 = ConvNorm(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
-                              bias=False, norm=make_norm(norm, out_channels))
-        self.conv2 = ConvNorm(out_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False,
-                              norm=make_norm(norm, out_channels))
+        self.conv1 = ConvNorm(
+            in_channels,
+            out_channels,
+            3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            bias=False,
+            norm=make_norm(norm, out_channels),
+        )
+        self.conv2 = ConvNorm(
+            out_channels,
+            out_channels,
+            3,
+            padding=dilation,
+            dilation=dilation,
+            bias=False,
+            norm=make_norm(norm, out_channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(F.relu(self.conv1(x)))
@@ -147,10 +202,21 @@ class ResNetBackbone(nn.Module):
     Returns a dict res2..res5 of channels-first maps at strides 4, 8, 16, 32 (less with dilation).
     """
 
-    def __init__(self, depth: int = 50, stem_type: str = "basic", stem_out_channels: int = 64,
-                 res2_out_channels: int = 256, num_groups: int = 1, width_per_group: int = 64,
-                 stride_in_1x1: bool = False, res4_dilation: int = 1, res5_dilation: int = 1,
-                 res5_multi_grid: Sequence[int] = (1, 1, 1), norm: str = "FrozenBN", in_channels: int = 3):
+    def __init__(
+        self,
+        depth: int = 50,
+        stem_type: str = "basic",
+        stem_out_channels: int = 64,
+        res2_out_channels: int = 256,
+        num_groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = False,
+        res4_dilation: int = 1,
+        res5_dilation: int = 1,
+        res5_multi_grid: Sequence[int] = (1, 1, 1),
+        norm: str = "FrozenBN",
+        in_channels: int = 3,
+    ):
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"unsupported ResNet depth {depth}; expected one of {sorted(BLOCKS_PER_STAGE)}")
@@ -176,15 +242,20 @@ class ResNetBackbone(nn.Module):
             grid = [1] * num_blocks
             if name == "res5" and any(g != 1 for g in res5_multi_grid):
                 if len(res5_multi_grid) != num_blocks:
-                    raise ValueError(f"res5_multi_grid needs {num_blocks} entries, got {list(res5_multi_grid)}")
+                    raise ValueError(
+                        f"res5_multi_grid needs {num_blocks} entries, got {list(res5_multi_grid)}"
+                    )
                 grid = list(res5_multi_grid)
             blocks = []
             for b in range(num_blocks):
                 block_dilation = dilation * grid[b]
                 stride = first_stride if b == 0 else 1
                 if bottleneck:
-                    blocks.append(BottleneckBlock(in_ch, out_ch, mid_ch, stride, num_groups, norm,
-                                                  stride_in_1x1, block_dilation))
+                    blocks.append(
+                        BottleneckBlock(
+                            in_ch, out_ch, mid_ch, stride, num_groups, norm, stride_in_1x1, block_dilation
+                        )
+                    )
                 else:
                     blocks.append(BasicBlock(in_ch, out_ch, stride, norm, block_dilation))
                 in_ch = out_ch

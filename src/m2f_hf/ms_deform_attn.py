@@ -43,10 +43,8 @@ def _layout(spatial_shapes, batch: int, heads: int, device, dtype):
     # row of pixel (x, y) of level l, head m, image b: ((b·S_pad + start_l + (y+1)·Wp_l + (x+1))·M + m
     first = torch.tensor([s + _PAD_BEFORE * wp + _PAD_BEFORE for s, wp in zip(starts, widths)], device=device)
     base = (
-        (torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * total + first.view(1, 1, 1, levels, 1))
-        * heads
-        + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
-    )
+        torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * total + first.view(1, 1, 1, levels, 1)
+    ) * heads + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
     step = torch.tensor([[heads, wp * heads] for wp in widths], device=device, dtype=dtype)  # (x, y) strides
     corners = torch.tensor([[0, heads, wp * heads, wp * heads + heads] for wp in widths], device=device)
     size_xy = torch.tensor([[w, h] for h, w in spatial_shapes], device=device, dtype=dtype)

@@ -66,7 +66,9 @@ class DeformableEncoder(nn.Module):
         return torch.cat(refs, 0)[None, :, None, :].expand(1, -1, n_levels, 2)
 
     def forward(self, src, pos, spatial_shapes):
-        reference_points = self.reference_points(spatial_shapes, len(spatial_shapes), src.device).to(src.dtype)
+        reference_points = self.reference_points(spatial_shapes, len(spatial_shapes), src.device).to(
+            src.dtype
+        )
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 src = torch.utils.checkpoint.checkpoint(
@@ -83,7 +85,12 @@ class DeformableTransformer(nn.Module):
     def __init__(self, d_model, n_heads, num_layers, d_ffn, dropout, n_levels, n_points):
         super().__init__()
         self.encoder = DeformableEncoder(
-            num_layers, d_model=d_model, d_ffn=d_ffn, dropout=dropout, n_levels=n_levels, n_heads=n_heads,
+            num_layers,
+            d_model=d_model,
+            d_ffn=d_ffn,
+            dropout=dropout,
+            n_levels=n_levels,
+            n_heads=n_heads,
             n_points=n_points,
         )
         self.level_embed = nn.Parameter(torch.zeros(n_levels, d_model))
@@ -92,8 +99,11 @@ class DeformableTransformer(nn.Module):
         spatial_shapes = [tuple(src.shape[-2:]) for src in srcs]
         src_flat = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         pos_flat = torch.cat(
-            [pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
-             for lvl, pos in enumerate(pos_embeds)], 1,
+            [
+                pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
+                for lvl, pos in enumerate(pos_embeds)
+            ],
+            1,
         )
         return self.encoder(src_flat, pos_flat, spatial_shapes), spatial_shapes
 
@@ -110,7 +120,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.in_features = sorted(feature_channels, key=lambda k: feature_strides[k])
         missing = [f for f in config.deformable_in_features if f not in feature_channels]
         if missing:
-            raise ValueError(f"deformable_in_features {missing} not produced by the backbone {self.in_features}")
+            raise ValueError(
+                f"deformable_in_features {missing} not produced by the backbone {self.in_features}"
+            )
         self.transformer_in_features = sorted(config.deformable_in_features, key=lambda k: feature_strides[k])
         n_levels = len(self.transformer_in_features)
         self.input_proj = nn.ModuleList(
@@ -118,8 +130,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
             for f in self.transformer_in_features[::-1]
         )
         self.transformer = DeformableTransformer(
-            conv_dim, config.num_attention_heads, config.encoder_layers, config.encoder_feedforward_dim,
-            config.dropout, n_levels, config.encoder_n_points,
+            conv_dim,
+            config.num_attention_heads,
+            config.encoder_layers,
+            config.encoder_feedforward_dim,
+            config.dropout,
+            n_levels,
+            config.encoder_n_points,
         )
         self.pe_layer = SinePositionEmbedding(conv_dim // 2)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
@@ -130,11 +147,24 @@ class MSDeformAttnPixelDecoder(nn.Module):
         use_bias = norm in ("", None)
         self.fpn_features = self.in_features[: self.num_fpn_levels]
         for idx, name in enumerate(self.fpn_features):
-            self.add_module(f"adapter_{idx + 1}", ConvNorm(
-                feature_channels[name], conv_dim, 1, bias=use_bias, norm=_group_norm(norm, conv_dim)))
-            self.add_module(f"layer_{idx + 1}", ConvNorm(
-                conv_dim, conv_dim, 3, padding=1, bias=use_bias, norm=_group_norm(norm, conv_dim),
-                activation=F.relu))
+            self.add_module(
+                f"adapter_{idx + 1}",
+                ConvNorm(
+                    feature_channels[name], conv_dim, 1, bias=use_bias, norm=_group_norm(norm, conv_dim)
+                ),
+            )
+            self.add_module(
+                f"layer_{idx + 1}",
+                ConvNorm(
+                    conv_dim,
+                    conv_dim,
+                    3,
+                    padding=1,
+                    bias=use_bias,
+                    norm=_group_norm(norm, conv_dim),
+                    activation=F.relu,
+                ),
+            )
 
     def forward(self, features: dict[str, torch.Tensor]):
         srcs, pos = [], []

@@ -89,11 +89,14 @@ class MaskedTransformerDecoder(nn.Module):
         self.pe_layer = SinePositionEmbedding(hidden // 2)
         # the original builds its decoder attention and FFN layers without dropout
         self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden, heads, 0.0, config.pre_norm) for _ in range(self.num_layers))
+            SelfAttentionLayer(hidden, heads, 0.0, config.pre_norm) for _ in range(self.num_layers)
+        )
         self.transformer_cross_attention_layers = nn.ModuleList(
-            CrossAttentionLayer(hidden, heads, 0.0, config.pre_norm) for _ in range(self.num_layers))
+            CrossAttentionLayer(hidden, heads, 0.0, config.pre_norm) for _ in range(self.num_layers)
+        )
         self.transformer_ffn_layers = nn.ModuleList(
-            FFNLayer(hidden, config.dim_feedforward, 0.0, config.pre_norm) for _ in range(self.num_layers))
+            FFNLayer(hidden, config.dim_feedforward, 0.0, config.pre_norm) for _ in range(self.num_layers)
+        )
         self.decoder_norm = nn.LayerNorm(hidden)
         self.query_feat = nn.Embedding(config.num_queries, hidden)
         self.query_embed = nn.Embedding(config.num_queries, hidden)
@@ -101,7 +104,8 @@ class MaskedTransformerDecoder(nn.Module):
         in_channels = config.feature_size
         self.input_proj = nn.ModuleList(
             nn.Conv2d(in_channels, hidden, kernel_size=1)
-            if in_channels != hidden or config.enforce_input_projection else nn.Sequential()
+            if in_channels != hidden or config.enforce_input_projection
+            else nn.Sequential()
             for _ in range(self.num_feature_levels)
         )
         self.class_embed = nn.Linear(hidden, config.num_labels + 1)
@@ -121,22 +125,34 @@ class MaskedTransformerDecoder(nn.Module):
         output = self.transformer_self_attention_layers[i](output, query_pos)
         return self.transformer_ffn_layers[i](output)
 
-    def forward(self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor,
-                output_hidden_states: bool = False):
+    def forward(
+        self,
+        multi_scale_features: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        output_hidden_states: bool = False,
+    ):
         """Returns (class logits per prediction, mask logits per prediction, decoder hidden states)."""
         if len(multi_scale_features) != self.num_feature_levels:
-            raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}")
+            raise ValueError(
+                f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}"
+            )
         srcs, poss, sizes = [], [], []
         for i, x in enumerate(multi_scale_features):
             sizes.append(tuple(x.shape[-2:]))
             poss.append(self.pe_layer(x).flatten(2).transpose(1, 2))
-            srcs.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).transpose(1, 2))
+            srcs.append(
+                (self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).transpose(1, 2)
+            )
         batch = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
 
         class_logits, mask_logits, allowed, decoded = self.prediction_heads(output, mask_features, sizes[0])
-        all_class, all_masks, hidden = [class_logits], [mask_logits], [decoded] if output_hidden_states else []
+        all_class, all_masks, hidden = (
+            [class_logits],
+            [mask_logits],
+            [decoded] if output_hidden_states else [],
+        )
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             args = (i, output, srcs[level], poss[level], query_pos, allowed)
@@ -145,7 +161,8 @@ class MaskedTransformerDecoder(nn.Module):
             else:
                 output = self._layer(*args)
             class_logits, mask_logits, allowed, decoded = self.prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+            )
             all_class.append(class_logits)
             all_masks.append(mask_logits)
             if output_hidden_states:
