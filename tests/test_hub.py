@@ -178,6 +178,18 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+def _assert_same(got, expected, where):
+    """Equal summaries; scores may differ by float noise (another process may use other thread counts)."""
+    if isinstance(expected, float):
+        assert isinstance(got, float) and abs(got - expected) <= 1e-5, (where, got, expected)
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), (where, got, expected)
+        for g, e in zip(got, expected, strict=True):
+            _assert_same(g, e, where)
+    else:
+        assert got == expected, (where, got, expected)
+
+
 def test_remote_code_without_the_package(hub_folders, tmp_path):
     import inspect
 
@@ -206,7 +218,7 @@ def test_remote_code_without_the_package(hub_folders, tmp_path):
     for task, folder in hub_folders.items():
         got = report[task]
         assert all(module.startswith("transformers_modules.") for module in got["classes"]), got["classes"]
-        assert got["default"] == expected[task]["default"], task
+        _assert_same(got["default"], expected[task]["default"], task)
         # the default answer is the configured task: semantic segments have no score, the others do
         scores = [segment[1] for segment in got["default"][0]]
         assert scores and all(s is None for s in scores) == (task == "semantic")
@@ -216,11 +228,11 @@ def test_remote_code_without_the_package(hub_folders, tmp_path):
             out = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
         diff_class = np.abs(np.load(folder / "remote_logits.npy") - out.class_queries_logits.numpy()).max()
         diff_mask = np.abs(np.load(folder / "remote_masks.npy") - out.masks_queries_logits.numpy()).max()
-        assert diff_class == 0.0 and diff_mask == 0.0, (diff_class, diff_mask)
+        assert diff_class <= 1e-5 and diff_mask <= 1e-4, (diff_class, diff_mask)
     panoptic = report["panoptic"]
     assert panoptic["types"] == ["Mask2FormerConfig", "Mask2FormerModel", "M2fHfImageProcessor"]
     for subtask in SUBTASKS:
-        assert panoptic[subtask] == expected["panoptic"][subtask], subtask
+        _assert_same(panoptic[subtask], expected["panoptic"][subtask], subtask)
         assert panoptic[subtask][0], subtask  # something was found, so the comparison means something
     assert panoptic["default"] != panoptic["semantic"]
 
