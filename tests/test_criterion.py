@@ -16,7 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 from m2f_hf.configuration_m2f import Mask2FormerConfig
 from m2f_hf.criterion import Mask2FormerLoss
-from m2f_hf.matcher import Mask2FormerHungarianMatcher, _solve
+from m2f_hf.matcher import Mask2FormerHungarianMatcher, _solve, pairwise_sigmoid_ce_cost
 from m2f_hf.point_sampling import point_sample, sample_masks_at_points, uncertain_point_coords
 
 LAYERS = ["final"] + [f"aux{i}" for i in range(9)]
@@ -260,6 +260,21 @@ def test_batched_costs_equal_per_image_reference():
     for got, ref in zip(costs, refs, strict=True):
         assert got.shape == ref.shape
         assert (got - ref).abs().max() <= 1e-5
+
+
+def test_sigmoid_ce_cost_is_bitwise_the_two_bce_calls():
+    """One logsigmoid instead of BCE against ones and zeros: the same float operations, same bits
+    (also for ±inf logits, where BCE's 0·inf gives NaN)."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 300, generator=gen) * 30
+    logits[0, 0, :4] = torch.tensor([float("inf"), float("-inf"), 0.0, -0.0])
+    targets = (torch.rand(2, 5, 300, generator=gen) > 0.5).float()
+    pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    ref = (pos @ targets.transpose(1, 2) + neg @ (1 - targets).transpose(1, 2)) / logits.shape[-1]
+    got = pairwise_sigmoid_ce_cost(logits, targets)
+    assert torch.equal(got.isnan(), ref.isnan())
+    assert torch.equal(got.nan_to_num(0.0), ref.nan_to_num(0.0))
 
 
 def test_matching_survives_nan_and_inf():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import m2f_hf.ms_deform_attn as msda
 from m2f_hf.ms_deform_attn import (
     MSDeformAttn,
     multi_scale_deformable_attention,
@@ -14,12 +15,14 @@ from m2f_hf.ms_deform_attn import (
 SHAPES = [(7, 9), (4, 5), (2, 3)]
 
 
-def _inputs(batch=2, queries=11, heads=4, dim=8, points=3, seed=0):
+def _inputs(batch=2, queries=11, heads=4, dim=8, points=3, seed=0, special_points=True):
     gen = torch.Generator().manual_seed(seed)
     total = sum(h * w for h, w in SHAPES)
     value = torch.randn(batch, total, heads, dim, generator=gen)
     # locations reach well outside [0, 1] so the zero padding and the clamping are exercised
     loc = torch.rand(batch, queries, heads, len(SHAPES), points, 2, generator=gen) * 1.6 - 0.3
+    if not special_points:
+        return value, loc, torch.rand(batch, queries, heads, len(SHAPES), points, generator=gen)
     # exact borders and pixel centres
     loc[0, 0, 0, :, 0] = torch.tensor([1.0, 1.0])
     loc[0, 0, 1, :, 0] = torch.tensor([0.0, 0.0])
@@ -37,12 +40,53 @@ def test_fused_gather_matches_grid_sample():
     assert (ours - ref).abs().max().item() < 1e-5
 
 
-def test_gradients_use_the_grid_sample_path():
-    value, loc, weights = _inputs(seed=1)
-    tensors = [t.clone().requires_grad_() for t in (value, loc, weights)]
-    out = multi_scale_deformable_attention(tensors[0], SHAPES, tensors[1], tensors[2])
-    out.square().sum().backward()
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tensors)
+@pytest.mark.parametrize("block", [None, 40])
+def test_fused_gradients_match_grid_sample(block, monkeypatch):
+    """The explicit backward of the fused gather equals autograd through the grid_sample formulation,
+    for value, sampling locations and attention weights (also when the backward runs in several blocks)."""
+    if block is not None:
+        monkeypatch.setattr(msda, "_BACKWARD_BLOCK", block)
+    # random points only: at exact pixel centres the bilinear derivative jumps, and which side a formula
+    # lands on depends on rounding (the fused path uses the original kernel's location·size - 0.5)
+    value, loc, weights = _inputs(seed=1, special_points=False)
+    grad_out = torch.randn(2, 11, 4 * 8, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for fn in (multi_scale_deformable_attention, multi_scale_deformable_attention_grid_sample):
+        tensors = [t.clone().requires_grad_() for t in (value, loc, weights)]
+        out = fn(tensors[0], SHAPES, tensors[1], tensors[2])
+        out.backward(grad_out)
+        grads.append([t.grad for t in tensors])
+    for ours, ref in zip(*grads, strict=True):
+        scale = ref.abs().max().item()
+        assert scale > 0
+        assert (ours - ref).abs().max().item() <= 1e-5 * max(1.0, scale)
+
+
+def test_fused_backward_keeps_only_indices_and_weights():
+    """Autograd keeps no per-sample feature vectors for the fused gather (the grid_sample formulation
+    keeps all B·M·D·Q·L·P samples), so it saves fewer bytes."""
+    heads, dim, points = 8, 32, 4
+    queries = sum(h * w for h, w in SHAPES)  # encoder-like: every pixel is a query
+    value, loc, weights = _inputs(1, queries, heads, dim, points, seed=2, special_points=False)
+    samples = queries * heads * dim * len(SHAPES) * points
+    saved = {}
+    for name, fn in (
+        ("fused", multi_scale_deformable_attention),
+        ("grid", multi_scale_deformable_attention_grid_sample),
+    ):
+        sizes = []
+
+        def pack(t, sizes=sizes):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        tensors = [t.clone().requires_grad_() for t in (value, loc, weights)]
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(tensors[0], SHAPES, tensors[1], tensors[2])
+        saved[name] = sizes
+    assert max(saved["grid"]) >= 4 * samples
+    assert max(saved["fused"]) < 4 * samples / 4
+    assert sum(saved["fused"]) < 0.7 * sum(saved["grid"])
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -59,7 +103,11 @@ def test_module_inference_and_training_paths_agree(training):
     value = torch.randn(2, total, 32)
     with torch.no_grad():
         fused = attn(query, refs, value, SHAPES)
-    grid = attn(query.requires_grad_(training), refs, value, SHAPES)  # parameters require grad: grid path
+    grid = attn(query.requires_grad_(training), refs, value, SHAPES)  # parameters require grad
     assert (fused - grid).abs().max().item() < 1e-5
+    if training:
+        grid.square().sum().backward()
+        assert query.grad is not None and query.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in attn.parameters())
     with pytest.raises(ValueError, match="spatial shapes"):
         attn(query, refs, value, SHAPES[:2])

@@ -29,8 +29,11 @@ def pairwise_sigmoid_ce_cost(logits: Tensor, targets: Tensor) -> Tensor:
     logits (B, Q, P) and targets (B, T, P) in [0, 1] → (B, Q, T).
     """
     num_points = logits.shape[-1]
-    loss_if_one = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-    loss_if_zero = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    # binary_cross_entropy_with_logits(x, t) is (1 - t)·x - logsigmoid(x): with t = 1 and t = 0 that is
+    # 0·x - ls and x - ls, the same float operations as two calls against ones/zeros, one logsigmoid less
+    log_sig = F.logsigmoid(logits)
+    loss_if_one = logits.mul(0.0).sub_(log_sig)
+    loss_if_zero = logits.sub(log_sig)
     cost = torch.matmul(loss_if_one, targets.transpose(1, 2)) + torch.matmul(
         loss_if_zero, (1 - targets).transpose(1, 2)
     )

@@ -9,6 +9,11 @@ validity test: coordinates are clamped to [-1, size], where every corner lies in
 Bilinear interpolation follows the original's CUDA kernel (pixel = location·size - 0.5, i.e.
 align_corners=False); `multi_scale_deformable_attention_grid_sample` is the original's PyTorch fallback,
 kept as the reference the tests compare with.
+
+Training uses the same gather through `WeightedRowGather`, whose backward is written out (a blocked
+`index_add_` for the value gradient, a gather-and-dot for the weight gradient): it saves only the row
+indices and weights instead of the (B·M, D, Q, L·P) samples that autograd through `grid_sample` keeps, and
+avoids `embedding_bag`'s slow CPU backward for per-sample weights.
 """
 
 from __future__ import annotations
@@ -20,6 +25,41 @@ import torch.nn.functional as F
 from torch import nn
 
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
+# elements of the (rows, K, D) temporaries the backward builds per block: bounds its extra memory (~64 MB)
+_BACKWARD_BLOCK = 1 << 22
+
+
+class WeightedRowGather(torch.autograd.Function):
+    """out[n] = Σ_k weights[n, k] · table[rows[n, k]]: `F.embedding_bag` forward, explicit backward.
+
+    table (R, D), rows (N, K) int64, weights (N, K) → (N, D). The row indices get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(table, rows, weights)
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        table, rows, weights = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        num, per_row = rows.shape
+        dim = table.shape[1]
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
+        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
+        step = max(1, _BACKWARD_BLOCK // max(1, per_row * dim))
+        for start in range(0, num, step):
+            block = slice(start, start + step)
+            index, grad = rows[block], grad_out[block]
+            if grad_table is not None:
+                contribution = weights[block].unsqueeze(-1) * grad.unsqueeze(1)  # (n, K, D)
+                grad_table.index_add_(0, index.reshape(-1), contribution.view(-1, dim))
+            if grad_weights is not None:
+                gathered = table.index_select(0, index.reshape(-1)).view(-1, per_row, dim)
+                grad_weights[block] = torch.bmm(gathered, grad.unsqueeze(-1)).squeeze(-1)
+        return grad_table, None, grad_weights
 
 
 def pad_value_levels(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -76,13 +116,17 @@ def deformable_sample(
     # relative row offsets are small integers, exact in float; the large batch/level base is added as int64
     rows = (corner0 * step).sum(-1).long() + base  # (B, Q, M, L, P)
     rows = (rows.unsqueeze(-1) + corners).view(batch * queries * heads, levels * points * 4)
+    if padded_value.shape[0] * padded_value.shape[1] * heads < 2**31:
+        rows = rows.int()  # half the bytes autograd keeps for the backward
     # bilinear weights [(1-fx)(1-fy), fx(1-fy), (1-fx)fy, fx·fy], the attention weight folded into the y part
     pair = torch.stack((1 - frac, frac), dim=-1)  # (..., xy, 2)
     weight_y = pair[..., 1, :] * attention_weights.unsqueeze(-1)
     weights = (weight_y.unsqueeze(-1) * pair[..., 0, :].unsqueeze(-2)).view(rows.shape)
-    out = F.embedding_bag(
-        rows, padded_value.reshape(-1, dim), per_sample_weights=weights.to(padded_value.dtype), mode="sum"
-    )
+    table, weights = padded_value.reshape(-1, dim), weights.to(padded_value.dtype)
+    if _needs_grad(table, weights):
+        out = WeightedRowGather.apply(table, rows, weights)
+    else:
+        out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
     return out.view(batch, queries, heads * dim)
 
 
@@ -98,13 +142,8 @@ def multi_scale_deformable_attention(
 ) -> torch.Tensor:
     """value (B, S, M, D), sampling_locations (B, Q, M, L, P, 2) as (x, y) in [0, 1] → (B, Q, M·D).
 
-    Without autograd the fused gather (`deformable_sample`) runs; when gradients are needed the
-    `grid_sample` formulation does, whose backward is much cheaper than `embedding_bag`'s on CPU.
+    Runs the fused gather (`deformable_sample`), with or without autograd.
     """
-    if _needs_grad(value, sampling_locations, attention_weights):
-        return multi_scale_deformable_attention_grid_sample(
-            value, spatial_shapes, sampling_locations, attention_weights
-        )
     batch, _, heads, dim = value.shape
     size_xy = torch.tensor(
         [[w, h] for h, w in spatial_shapes], dtype=sampling_locations.dtype, device=sampling_locations.device
@@ -188,12 +227,6 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(batch, num_queries, self.n_heads, -1).softmax(-1)
         weights = weights.view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
         size_xy = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-        if _needs_grad(value, offsets, weights):
-            normalised = offsets / size_xy[None, None, None, :, None, :]
-            locations = reference_points[:, :, None, :, None, :] + normalised
-            value = value.view(batch, -1, self.n_heads, head_dim)
-            out = multi_scale_deformable_attention_grid_sample(value, spatial_shapes, locations, weights)
-            return self.output_proj(out)
         # location·size - 0.5 with location = reference + offset / size: the offsets are already in pixels
         reference_pixels = reference_points * size_xy - 0.5
         pixel_xy = offsets + reference_pixels[:, :, None, :, None, :]
