@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import torch
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "benchmark.py"
 
 
@@ -32,6 +34,8 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path):
         "training step",
     ):
         assert f"| {task}" in text, task
+    assert "| training step, m2f_hf with gradient checkpointing" in text
+    assert "peak bytes of live tensors" in text  # the profiler-based memory measure works on this torch
     assert "torch " in text and "transformers " in text and "GEMM peak" in text
     # both libraries ran the same weights: the logits agree
     line = next(x for x in text.splitlines() if "forward max |Δ| class logits" in x)
@@ -43,3 +47,18 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path):
 def test_parse_configs():
     bench = _load()
     assert bench.parse_configs("384x384:1, 800x1333:4,64x96") == [(384, 384, 1), (800, 1333, 4), (64, 96, 1)]
+
+
+def test_peak_tensor_bytes_counts_live_tensors():
+    bench = _load()
+
+    def allocate():
+        a = torch.ones(1024, 1024)  # 4 MiB
+        b = torch.ones(2048, 1024)  # 8 MiB, both alive
+        del a, b
+        c = torch.ones(512, 1024)  # 2 MiB after they are gone
+        return c.sum()
+
+    peak = bench.peak_tensor_bytes(allocate)
+    assert peak is not None
+    assert 12 * 2**20 <= peak < 13 * 2**20
