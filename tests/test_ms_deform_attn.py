@@ -111,3 +111,32 @@ def test_module_inference_and_training_paths_agree(training):
         assert all(p.grad is not None for p in attn.parameters())
     with pytest.raises(ValueError, match="spatial shapes"):
         attn(query, refs, value, SHAPES[:2])
+
+
+def test_inference_blocks_give_identical_results(monkeypatch):
+    """Queries processed a few at a time (bounded temporaries) give the same bits as one gather."""
+    value, loc, weights = _inputs(seed=4)
+    with torch.no_grad():
+        whole = multi_scale_deformable_attention(value, SHAPES, loc, weights)
+        monkeypatch.setattr(msda, "_INFERENCE_BLOCK", 2 * 4 * len(SHAPES) * 3 * 4 * 3)  # 3 queries per block
+        blocked = multi_scale_deformable_attention(value, SHAPES, loc, weights)
+    assert torch.equal(whole, blocked)
+
+
+def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
+    """The pixel decoder's inference FFN in token blocks equals the unblocked layer (float noise)."""
+    import m2f_hf.pixel_decoder as pixel_decoder
+
+    torch.manual_seed(0)
+    layer = pixel_decoder.DeformableEncoderLayer(32, 64, 0.0, len(SHAPES), 4, 2).eval()
+    total = sum(h * w for h, w in SHAPES)
+    src, pos = torch.randn(2, total, 32), torch.randn(2, total, 32)
+    refs = torch.rand(1, total, len(SHAPES), 2)
+    with torch.no_grad():
+        whole = layer(src, pos, refs, SHAPES)
+        monkeypatch.setattr(pixel_decoder, "FFN_BLOCK", 7)
+        blocked = layer(src, pos, refs, SHAPES)
+    with torch.enable_grad():
+        grad_path = layer(src, pos, refs, SHAPES)  # the unblocked path
+    assert (whole - blocked).abs().max().item() < 1e-5
+    assert (whole - grad_path).abs().max().item() < 1e-5

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
-# elements of the (rows, K, D) temporaries the backward builds per block: bounds its extra memory (~64 MB)
+# elements of the (rows, K, D) temporaries the backward builds per block (16 MB each in float32)
 _BACKWARD_BLOCK = 1 << 22
+# gather entries (query x head x level x point x corner) per inference block: ~4 MB of indices
+_INFERENCE_BLOCK = 1 << 20
 
 
 class WeightedRowGather(torch.autograd.Function):
@@ -102,22 +104,48 @@ def deformable_sample(
     padded_value: (B, S_pad, M, D) from `pad_value_levels`; pixel_xy: (B, Q, M, L, P, 2) sampling points in
     pixel units of each level (x, y; pixel centres at integers, i.e. location·size - 0.5);
     attention_weights: (B, Q, M, L, P). Returns (B, Q, M·D).
+
+    Without autograd (and outside torch.compile/export) queries go `_INFERENCE_BLOCK` gather entries at a
+    time, so the index and weight temporaries stay small and cache-resident instead of hundreds of MB.
     """
     batch, _, heads, dim = padded_value.shape
     _, queries, _, levels, points, _ = pixel_xy.shape
     if len(spatial_shapes) != levels:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
+    block = max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4))
+    if queries <= block or not eager_inference(padded_value, pixel_xy, attention_weights):
+        return _sample_block(padded_value, spatial_shapes, pixel_xy, attention_weights)
+    out = padded_value.new_empty(batch, queries, heads * dim)
+    for start in range(0, queries, block):
+        stop = min(start + block, queries)
+        out[:, start:stop] = _sample_block(
+            padded_value, spatial_shapes, pixel_xy[:, start:stop], attention_weights[:, start:stop]
+        )
+    return out
+
+
+def eager_inference(*tensors: torch.Tensor) -> bool:
+    """True when nothing needs gradients and no compiler or tracer is watching: the case where work may be
+    split into Python-level blocks (a loop whose trip count depends on the input size)."""
+    return not _tracing() and not _needs_grad(*tensors)
+
+
+def _sample_block(padded_value, spatial_shapes, pixel_xy, attention_weights) -> torch.Tensor:
+    batch, _, heads, dim = padded_value.shape
+    _, queries, _, levels, points, _ = pixel_xy.shape
     base, step, corners, size_xy = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
+    # int32 row indices (half the bytes of int64) in eager mode when the padded table is small enough;
+    # int64 under compilers and exporters (ONNX's Concat rejects the mixed index types)
+    small = padded_value.numel() // dim < 2**31
+    index_dtype = torch.int32 if small and not _tracing() else torch.int64
     # clamping to [-1, size] keeps every corner inside the zero border without changing any in-map sample
     size_xy = size_xy.view(1, 1, 1, levels, 1, 2)
     pixel_xy = torch.clamp(pixel_xy, min=torch.full_like(size_xy, -1.0), max=size_xy)
     corner0 = pixel_xy.floor()
     frac = pixel_xy - corner0
-    # relative row offsets are small integers, exact in float; the large batch/level base is added as int64
-    rows = (corner0 * step).sum(-1).long() + base  # (B, Q, M, L, P)
-    rows = (rows.unsqueeze(-1) + corners).view(batch * queries * heads, levels * points * 4)
-    if padded_value.shape[0] * padded_value.shape[1] * heads < 2**31:
-        rows = rows.int()  # half the bytes autograd keeps for the backward
+    # relative row offsets are small integers, exact in float; the batch/level base is added as an integer
+    rows = (corner0 * step).sum(-1).to(index_dtype) + base.to(index_dtype)  # (B, Q, M, L, P)
+    rows = (rows.unsqueeze(-1) + corners.to(index_dtype)).view(batch * queries * heads, levels * points * 4)
     # bilinear weights [(1-fx)(1-fy), fx(1-fy), (1-fx)fy, fx·fy], the attention weight folded into the y part
     pair = torch.stack((1 - frac, frac), dim=-1)  # (..., xy, 2)
     weight_y = pair[..., 1, :] * attention_weights.unsqueeze(-1)
@@ -128,6 +156,10 @@ def deformable_sample(
     else:
         out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
     return out.view(batch, queries, heads * dim)
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
