@@ -332,17 +332,27 @@ class M2fHfImageProcessor(PilBackend):
         elif divisor > 1:
             max_h = int(math.ceil(max_h / divisor) * divisor)
             max_w = int(math.ceil(max_w / divisor) * divisor)
-        batch = np.zeros((len(resized), 3, max_h, max_w), dtype=np.float32)
-        pixel_mask = np.zeros((len(resized), max_h, max_w), dtype=np.int64)
+        # torch ops in place on the batch slices (multi-threaded, no per-step temporaries); each step is
+        # the same correctly rounded float32 operation as (x · rescale - mean) / std, so the bits match
+        batch = torch.empty((len(resized), 3, max_h, max_w), dtype=torch.float32)
+        pixel_mask = torch.empty((len(resized), max_h, max_w), dtype=torch.int64)
+        mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
         for i, image in enumerate(resized):
-            x = image.transpose(2, 0, 1).astype(np.float32)
-            if do_rescale:
-                x = x * np.float32(rescale_factor)
-            if do_normalize:
-                x = (x - mean) / std
             h, w = image.shape[:2]
-            batch[i, :, :h, :w] = x
+            # only the padding is zeroed: the image area is written once below
+            batch[i, :, h:].zero_()
+            batch[i, :, :h, w:].zero_()
+            pixel_mask[i, h:].zero_()
+            pixel_mask[i, :h, w:].zero_()
+            x = batch[i, :, :h, :w]
+            x.copy_(torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1))
+            if do_rescale:
+                x.mul_(float(np.float32(rescale_factor)))
+            if do_normalize:
+                x.sub_(mean_t).div_(std_t)
             pixel_mask[i, :h, :w] = 1
+        if return_tensors != "pt":
+            batch, pixel_mask = batch.numpy(), pixel_mask.numpy()
 
         data = {
             "pixel_values": batch,
@@ -463,8 +473,7 @@ class M2fHfImageProcessor(PilBackend):
         mask_logits: torch.Tensor, crop: tuple[int, int], target: tuple[int, int]
     ) -> torch.Tensor:
         """(Q, h, w) mask logits → padded size → crop → target size (the original's order)."""
-        padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
-        return pp.crop_and_resize(pp.upsample_to_padded(mask_logits, padded), crop, target)
+        return pp.masks_at_target(mask_logits, crop, target)
 
     def _class_flags(self, ids: Sequence[int] | None, num_classes: int, device: torch.device) -> torch.Tensor:
         flags = torch.zeros(num_classes, dtype=torch.bool, device=device)
@@ -486,18 +495,23 @@ class M2fHfImageProcessor(PilBackend):
         The mask logits are upsampled to the padded input, cropped to `outputs.image_sizes` and resized
         to the target, then Σ_q softmax(class)[:K]·sigmoid(mask) is argmaxed over classes; with
         `sem_seg_postprocess_before_inference=False` the score map is computed at the padded size and
-        cropped/resized afterwards. The K score maps are evaluated a few classes at a time unless
-        `return_segmentation_scores` asks for them (then each item is a dict with "segmentation" and
-        "segmentation_scores").
+        cropped/resized afterwards. The K score maps are evaluated a block of pixels (or a few classes)
+        at a time unless `return_segmentation_scores` asks for them (then each item is a dict with
+        "segmentation" and "segmentation_scores"); see `postprocessing.semantic_argmax_low_res`.
         """
         class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
+        padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
         results = []
         for b in range(class_logits.shape[0]):
+            if self.sem_seg_postprocess_before_inference and not return_segmentation_scores:
+                results.append(
+                    pp.semantic_argmax_low_res(class_logits[b], mask_logits[b], crops[b], targets[b])
+                )
+                continue
             if self.sem_seg_postprocess_before_inference:
                 masks = self._masks_at_target(mask_logits[b], crops[b], targets[b])
                 crop = target = None
             else:
-                padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
                 masks = pp.upsample_to_padded(mask_logits[b], padded)
                 crop, target = crops[b], targets[b]
             if return_segmentation_scores:
@@ -556,9 +570,16 @@ class M2fHfImageProcessor(PilBackend):
                 panoptic = torch.zeros((height, width), dtype=torch.int32, device=device)
                 segments = {k: kept for k in ("label", "score", "was_fused")}
             else:
-                masks = self._masks_at_target(mask_logits[b][kept], crops[b], targets[b])
+                # only the kept queries are upsampled (a few at a time), with the planes of the full stack
+                masks = pp.query_masks(mask_logits[b], crops[b], targets[b])
                 panoptic, segments = pp.panoptic_inference(
-                    class_logits[b][kept], masks, fuse, threshold, overlap, mask_threshold
+                    class_logits[b][kept],
+                    lambda queries, masks=masks, kept=kept: masks(kept[queries]),
+                    fuse,
+                    threshold,
+                    overlap,
+                    mask_threshold,
+                    targets[b],
                 )
             labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
             info = [
@@ -604,28 +625,29 @@ class M2fHfImageProcessor(PilBackend):
             things = self._class_flags(self.thing_ids, num_classes, mask_logits.device)
         results = []
         for b in range(class_logits.shape[0]):
-            masks = self._masks_at_target(mask_logits[b], crops[b], targets[b])
-            found = pp.instance_inference(
-                class_logits[b], masks, self.test_topk_per_image, things, mask_threshold, threshold
+            # only the queries of the detections are upsampled, a few at a time
+            found = pp.instance_detections(
+                class_logits[b],
+                pp.query_masks(mask_logits[b], crops[b], targets[b]),
+                self.test_topk_per_image,
+                things,
+                mask_threshold,
+                threshold,
+                targets[b],
             )
-            binary = found["masks"]
             info = [
                 {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
                 for i, (label, score) in enumerate(
                     zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
                 )
             ]
+            masks, mask_index = found["masks"], found["mask_index"]
             if return_binary_maps:
-                segmentation = binary
+                segmentation = masks[mask_index]
             elif return_coco_annotation:
-                segmentation = pp.rle_encode(binary)
+                encoded = pp.rle_encode(masks)  # each distinct mask once
+                segmentation = [dict(encoded[i]) for i in mask_index.tolist()]
             else:
-                covered = binary.any(dim=0)
-                first = (
-                    binary.int().argmax(dim=0)
-                    if binary.shape[0]
-                    else torch.zeros_like(covered, dtype=torch.long)
-                )
-                segmentation = torch.where(covered, first + 1, 0).to(torch.int32)
+                segmentation = pp.instance_map(masks, mask_index)
             results.append({"segmentation": segmentation, "segments_info": info})
         return results

@@ -18,12 +18,17 @@ __all__ = [
     "CLASS_CHUNK",
     "PIXEL_BLOCK",
     "crop_and_resize",
+    "instance_detections",
     "instance_inference",
+    "instance_map",
     "mask_probability_logit",
+    "masks_at_target",
+    "query_masks",
     "panoptic_inference",
     "rle_decode",
     "rle_encode",
     "semantic_argmax",
+    "semantic_argmax_low_res",
     "semantic_inference",
     "upsample_to_padded",
 ]
@@ -33,6 +38,19 @@ __all__ = [
 CLASS_CHUNK = 32
 # Pixels scored at once on the resize-first path: bounds the peak to PIXEL_BLOCK x num_classes.
 PIXEL_BLOCK = 65536
+# Pixels scored at once by `semantic_argmax_low_res`: its per-block buffers (a few MB) are reused instead
+# of fresh full-size allocations.
+SEMANTIC_BLOCK = 65536
+# Classes whose total probability mass Σ_q p[q, c] exceeds this are scored at every pixel by the
+# semantic rule; the others only where a bound leaves the argmax open (`_candidate_classes`).
+CANDIDATE_MASS = 0.05
+# Relative margin by which the best candidate class must beat the bound on every other class. The float
+# error of a class score is below 1e-5 relative (a sum of at most a few hundred non-negative products),
+# so 1e-4 is a wide safety factor.
+DECISION_MARGIN = 1e-4
+# Mask elements (queries x output pixels) upsampled at once by the panoptic and instance rules: their
+# per-chunk temporaries stay at a few MB instead of one Q x H x W stack.
+QUERY_BLOCK = 1 << 22
 
 
 def upsample_to_padded(mask_logits: torch.Tensor, padded_size: tuple[int, int]) -> torch.Tensor:
@@ -43,17 +61,75 @@ def upsample_to_padded(mask_logits: torch.Tensor, padded_size: tuple[int, int]) 
     return x[0] if squeeze else x
 
 
+def masks_at_target(
+    mask_logits: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]
+) -> torch.Tensor:
+    """(Q, h, w) mask logits at 1/4 of the padded input → padded size (4h, 4w) → crop to `image_size` →
+    resize to `output_size`: the original's order. When `output_size == image_size` the resize is the
+    identity (source positions fall on the pixels, weights 1 and 0) and is skipped: the result is a view
+    of the padded planes. For the planes of a few queries use `query_masks` (bit-identical to the full
+    stack's)."""
+    padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+    (h, w), output_size = _checked_sizes(padded, image_size, output_size)
+    upsampled = upsample_to_padded(mask_logits, padded)
+    if output_size == (h, w):
+        return upsampled[..., :h, :w]
+    return crop_and_resize(upsampled, image_size, output_size)
+
+
+def _generic_bilinear(output_size: tuple[int, int]) -> bool:
+    """Whether `F.interpolate` (bilinear, CPU) computes an output of this size with its per-pixel kernel,
+    whose values do not depend on the number of channels. For small outputs (height + width <= 128) it
+    uses separable passes whose rounding does depend on it (and also for exactly 3 channels on one
+    thread, which callers avoid)."""
+    return output_size[0] + output_size[1] > 128
+
+
+def query_masks(
+    mask_logits: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Function from query indices to their planes of `masks_at_target(mask_logits, ...)`, bit-identical
+    to indexing the full stack. Where the interpolation is per pixel only the requested queries are
+    upsampled (a request of 3 is padded to 4, see `_generic_bilinear`); for small sizes the full stack is
+    built once and indexed."""
+    padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+    if _generic_bilinear(padded) and _generic_bilinear(tuple(int(s) for s in output_size)):
+
+        def some(queries: torch.Tensor) -> torch.Tensor:
+            if queries.numel() == 3:
+                return masks_at_target(mask_logits[queries[[0, 1, 2, 2]]], image_size, output_size)[:3]
+            return masks_at_target(mask_logits[queries], image_size, output_size)
+
+        return some
+    stack: list[torch.Tensor] = []
+
+    def indexed(queries: torch.Tensor) -> torch.Tensor:
+        if not stack:
+            stack.append(masks_at_target(mask_logits, image_size, output_size))
+        return stack[0][queries]
+
+    return indexed
+
+
+def _checked_sizes(
+    padded_size: tuple[int, int], image_size: tuple[int, int], output_size: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`image_size` and `output_size` as ints, after checking that the crop fits in `padded_size`."""
+    h, w = (int(s) for s in image_size)
+    out_h, out_w = (int(s) for s in output_size)
+    if h <= 0 or w <= 0 or h > padded_size[0] or w > padded_size[1]:
+        raise ValueError(f"image size {(h, w)} does not fit in the padded prediction {tuple(padded_size)}")
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"target size must be positive, got {(out_h, out_w)}")
+    return (h, w), (out_h, out_w)
+
+
 def crop_and_resize(
     x: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]
 ) -> torch.Tensor:
     """detectron2 `sem_seg_postprocess`: keep the top-left `image_size` (the unpadded image), then resize
     bilinearly (align_corners=False) to `output_size`. `x` is (N, Hp, Wp); returns (N, H, W)."""
-    h, w = (int(s) for s in image_size)
-    out_h, out_w = (int(s) for s in output_size)
-    if h <= 0 or w <= 0 or h > x.shape[-2] or w > x.shape[-1]:
-        raise ValueError(f"image size {(h, w)} does not fit in the padded prediction {tuple(x.shape[-2:])}")
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"target size must be positive, got {(out_h, out_w)}")
+    (h, w), (out_h, out_w) = _checked_sizes(tuple(x.shape[-2:]), image_size, output_size)
     cropped = x[None, :, :h, :w]
     return F.interpolate(cropped, size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
 
@@ -125,6 +201,111 @@ def semantic_argmax(
     return _running_argmax(num_classes, scores_for, max(1, int(chunk)))
 
 
+def _candidate_classes(class_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """Classes worth scoring at every pixel: the ones with a large total probability mass Σ_q p[q, c].
+
+    A class outside the set scores at most its mass (sigmoid ≤ 1), so where the best candidate beats the
+    largest mass left out the argmax over all classes is that candidate. Returns (candidate indices in
+    increasing order, their (C, Q) probability rows, the largest mass left out), or None when most
+    classes would be candidates."""
+    num_classes = class_probs.shape[1]
+    mass = class_probs.sum(dim=0)
+    order = mass.argsort(descending=True)
+    count = int((mass > CANDIDATE_MASS).sum())
+    if count >= 0.75 * num_classes:
+        return None
+    candidates = order[:count].sort().values
+    return candidates, class_probs.t()[candidates].contiguous(), float(mass[order[count]])
+
+
+def _block_labels(
+    class_probs_t: torch.Tensor,
+    candidates: tuple[torch.Tensor, torch.Tensor, float] | None,
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+) -> torch.Tensor:
+    """Semantic labels (N,) of a block of pixels: argmax_c Σ_q p[q, c]·sigmoid(logits[q, n]).
+
+    `logits` is (Q, N) or (Q, R, C) with N = R·C (any strides), `probs` a (Q, ≥ N) scratch buffer and
+    `class_probs_t` the (K, Q) class probabilities. With `candidates` only their rows are scored; pixels
+    where the best candidate does not beat the largest mass left out by DECISION_MARGIN are scored over
+    all classes. Ties go to the lowest class, as `torch.argmax`."""
+    count = logits[0].numel()
+    block = probs[:, :count]
+    torch.sigmoid(logits, out=block.view(logits.shape))
+    if candidates is None:
+        return (class_probs_t @ block).argmax(dim=0)
+    indices, rows, rival_mass = candidates
+    value, best = (rows @ block).max(dim=0)
+    labels = indices.index_select(0, best)
+    doubt = (value * (1.0 - DECISION_MARGIN) <= rival_mass * (1.0 + DECISION_MARGIN)).nonzero()[:, 0]
+    if doubt.numel():
+        labels[doubt] = (class_probs_t @ block.index_select(1, doubt)).argmax(dim=0)
+    return labels
+
+
+def _upsampled_rows(mask_logits: torch.Tensor, rows: tuple[int, int], width: int) -> torch.Tensor:
+    """Rows [start, stop) and columns [0, width) of `upsample_to_padded(mask_logits)`, computed from the
+    input rows they need.
+
+    With the scale exactly 1/4 the source position of output row i is i/4 - 3/8; in a window starting at
+    input row a it is (i - 4a)/4 - 3/8 = the global position - a, exact in float, and the window holds
+    every row with a non-zero weight without touching the border clamping: the values are bit-identical."""
+    r0, r1 = rows
+    height = mask_logits.shape[-2]
+    a, b = max(r0 // 4 - 1, 0), min((r1 - 1) // 4 + 2, height)
+    window = mask_logits[None, :, a:b]
+    size = (4 * (b - a), 4 * mask_logits.shape[-1])
+    up = F.interpolate(window, size=size, mode="bilinear", align_corners=False)[0]
+    return up[:, r0 - 4 * a : r1 - 4 * a, :width]
+
+
+def semantic_argmax_low_res(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+    pixel_block: int = SEMANTIC_BLOCK,
+) -> torch.Tensor:
+    """Class map (H, W) long of the semantic rule on `masks_at_target(mask_logits, image_size, output_size)`
+    (the original's order with `sem_seg_postprocess_before_inference`), `pixel_block` pixels at a time.
+
+    The labels of `semantic_argmax(class_logits, masks_at_target(...))` (the same mask logits and
+    probabilities; the class scores are summed in another order, which can only matter at float ties)
+    without its full-size temporaries:
+    when the resize is the identity (`output_size == image_size`) the mask logits themselves are upsampled
+    band by band (bit-identical, see `_upsampled_rows`), otherwise the stack at the output size is built
+    once. Classes with little probability mass are scored only where they could win
+    (`_candidate_classes`).
+    """
+    class_probs = class_logits.softmax(dim=-1)[:, :-1]
+    class_probs_t = class_probs.t().contiguous()
+    num_queries, height, width = mask_logits.shape
+    (crop_h, crop_w), (out_h, out_w) = _checked_sizes((4 * height, 4 * width), image_size, output_size)
+    candidates = _candidate_classes(class_probs)
+    device = mask_logits.device
+    labels = torch.empty((out_h, out_w), dtype=torch.long, device=device)
+    block = max(int(pixel_block), out_w)
+    # bands: at least 4 output rows, and wide enough that F.interpolate keeps its per-pixel kernel
+    if (out_h, out_w) == (crop_h, crop_w) and 4 * width > 128:
+        # bands of whole low-resolution rows (multiples of 4 output rows) keep the extra rows few
+        step = max(4, block // out_w // 4 * 4)
+        probs = torch.empty((num_queries, step * out_w), dtype=mask_logits.dtype, device=device)
+        for r0 in range(0, out_h, step):
+            r1 = min(r0 + step, out_h)
+            band = _upsampled_rows(mask_logits, (r0, r1), out_w)
+            labels[r0:r1] = _block_labels(class_probs_t, candidates, band, probs).view(r1 - r0, out_w)
+        return labels
+    flat = masks_at_target(mask_logits, image_size, output_size).reshape(num_queries, -1)
+    probs = torch.empty((num_queries, min(block, flat.shape[1])), dtype=flat.dtype, device=device)
+    out = labels.view(-1)
+    for start in range(0, flat.shape[1], block):
+        out[start : start + block] = _block_labels(
+            class_probs_t, candidates, flat[:, start : start + block], probs
+        )
+    return labels
+
+
 def mask_probability_logit(mask_threshold: float) -> float:
     """Logit equivalent of a probability threshold, so that `logit > t'` ⇔ `sigmoid(logit) > t` exactly.
 
@@ -136,15 +317,41 @@ def mask_probability_logit(mask_threshold: float) -> float:
     return 0.0 if mask_threshold == 0.5 else math.log(mask_threshold / (1.0 - mask_threshold))
 
 
+def _chunk_size(chunk: int | None, pixels: int) -> int:
+    """Queries per chunk: `chunk`, or by default as many as keep a chunk near QUERY_BLOCK elements."""
+    return max(1, int(chunk) if chunk is not None else QUERY_BLOCK // max(1, pixels))
+
+
+def _count(masks: torch.Tensor) -> torch.Tensor:
+    """Pixels set in each (H, W) plane of an (n, H, W) bool stack, as int32 (a bool sum would convert
+    the whole stack to int64 first)."""
+    return masks.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
+
+
+def _query_chunks(
+    mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], queries: torch.Tensor, chunk: int
+):
+    """Yield (slice into `queries`, (n, H, W) mask logits of those queries) `chunk` queries at a time.
+
+    `mask_logits` is either the (Q, H, W) stack at the output size or a function mapping query indices to
+    their fresh (n, H, W) logits (e.g. upsampling only those queries, see `query_masks`)."""
+    for start in range(0, queries.numel(), chunk):
+        part = slice(start, start + chunk)
+        index = queries[part]
+        yield part, mask_logits(index) if callable(mask_logits) else mask_logits[index]
+
+
 def panoptic_inference(
     class_logits: torch.Tensor,
-    mask_logits: torch.Tensor,
+    mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     fuse_classes: torch.Tensor,
     object_mask_threshold: float = 0.8,
     overlap_threshold: float = 0.8,
     mask_threshold: float = 0.5,
+    output_size: tuple[int, int] | None = None,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The original panoptic rule, vectorised over queries.
+    """The original panoptic rule, streamed over queries.
 
     Rule (original `panoptic_inference`): a query is kept if its best class is not no-object and its
     score > `object_mask_threshold`. Every pixel goes to the kept query with the largest score·sigmoid(mask)
@@ -155,10 +362,13 @@ def panoptic_inference(
     adds its pixels to that segment instead of making a new one. Segment ids are 1..n in visiting order,
     0 = no segment. Since each pixel is won by exactly one query, the sequential loop has a closed form:
     validity per query from three per-query pixel counts, and the fused-class owner from a Q×Q comparison.
+    The winner is found `chunk` kept queries at a time (a running argmax that keeps the earlier query on
+    ties, so the same as one argmax over all queries), without a full Q×H×W temporary.
 
     Args:
         class_logits: (Q, K+1), last column = no-object.
-        mask_logits: (Q, H, W) at the output size.
+        mask_logits: (Q, H, W) at the output size, or a function from query indices to their (n, H, W)
+            logits at the output size (then `output_size` (H, W) is required).
         fuse_classes: (K,) bool, True for classes whose segments merge (the original: stuff classes).
 
     Returns:
@@ -167,16 +377,34 @@ def panoptic_inference(
     """
     num_queries = class_logits.shape[0]
     num_classes = class_logits.shape[1] - 1
-    device = mask_logits.device
+    device = class_logits.device
+    if output_size is None:
+        output_size = tuple(mask_logits.shape[-2:])
+    height, width = (int(s) for s in output_size)
     scores, labels = class_logits.softmax(dim=-1).max(dim=-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    # Queries that are not kept can never win a pixel over a kept one (probabilities are >= 0), and their
+    # counts are masked out by `keep` below: when any query is kept only kept queries need their masks.
+    visited = keep.nonzero()[:, 0] if bool(keep.any()) else torch.arange(num_queries, device=device)
 
-    mask_probs = mask_logits.sigmoid()
-    # Queries that are not kept can never win a pixel over a kept one (probabilities are >= 0).
-    prob_masks = torch.where(keep[:, None, None], scores[:, None, None] * mask_probs, -1.0)
-    winner = prob_masks.argmax(dim=0)  # (H, W)
-    own = mask_probs >= mask_threshold  # (Q, H, W)
-    won_inside = own.gather(0, winner[None])[0]  # winner's own mask covers the pixel
+    best = torch.full((height, width), -math.inf, dtype=torch.float32, device=device)
+    position = torch.zeros((height, width), dtype=torch.long, device=device)  # winner's index in visited
+    won_inside = torch.zeros((height, width), dtype=torch.bool, device=device)
+    original_area = torch.zeros(num_queries, dtype=torch.long, device=device)
+    for part, logits in _query_chunks(mask_logits, visited, _chunk_size(chunk, height * width)):
+        queries = visited[part]
+        prob_masks = logits.sigmoid()
+        own = prob_masks >= mask_threshold
+        original_area[queries] = _count(own).long()
+        prob_masks.mul_(scores[queries][:, None, None])
+        if not bool(keep[queries].all()):
+            prob_masks = torch.where(keep[queries][:, None, None], prob_masks, -1.0)
+        value, index = prob_masks.max(dim=0)
+        better = value > best  # strict: an earlier query keeps its pixels on ties
+        best = torch.maximum(best, value)
+        won_inside = torch.where(better, own.gather(0, index[None])[0], won_inside)
+        position = torch.where(better, index.add_(part.start), position)
+    winner = visited[position]
 
     flat_winner = winner.reshape(-1)
     mask_area = torch.zeros(num_queries, dtype=torch.long, device=device).scatter_add_(
@@ -185,7 +413,6 @@ def panoptic_inference(
     inside_area = torch.zeros(num_queries, dtype=torch.long, device=device).scatter_add_(
         0, flat_winner, won_inside.reshape(-1).long()
     )
-    original_area = own.flatten(1).sum(dim=1)
     ratio = mask_area.double() / original_area.clamp(min=1).double()
     valid = keep & (mask_area > 0) & (original_area > 0) & (inside_area > 0) & (ratio >= overlap_threshold)
 
@@ -214,6 +441,71 @@ def panoptic_inference(
     return panoptic, segments
 
 
+def instance_detections(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    topk: int = 100,
+    thing_classes: torch.Tensor | None = None,
+    mask_threshold: float = 0.5,
+    score_threshold: float | None = None,
+    output_size: tuple[int, int] | None = None,
+    chunk: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """The original instance rule with one binary mask per distinct query (see `instance_inference`).
+
+    Only the queries of the top-k pairs get masks (and with `score_threshold`, only pairs whose class
+    probability can still reach it, since a mask score is at most 1), `chunk` queries at a time.
+
+    Args:
+        mask_logits: (Q, H, W) at the output size, or a function from query indices to their (n, H, W)
+            logits at the output size (then `output_size` (H, W) is required).
+
+    Returns:
+        dict of "scores" (N,), "labels" (N,), "queries" (N,) sorted by decreasing score, "masks" (U, H, W)
+        bool: the binary masks of the distinct queries, and "mask_index" (N,): the row of "masks" of
+        each detection.
+    """
+    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    if output_size is None:
+        output_size = tuple(mask_logits.shape[-2:])
+    height, width = (int(s) for s in output_size)
+    device = class_logits.device
+    class_probs = class_logits.softmax(dim=-1)[:, :-1]
+    k = min(int(topk), num_queries * num_classes)
+    top_scores, top_index = class_probs.flatten().topk(k, sorted=True)
+    labels = top_index % num_classes
+    queries = torch.div(top_index, num_classes, rounding_mode="floor")
+    if thing_classes is not None:
+        is_thing = thing_classes.to(device=labels.device, dtype=torch.bool)[labels]
+        top_scores, labels, queries = top_scores[is_thing], labels[is_thing], queries[is_thing]
+    if score_threshold is not None:
+        # score = class probability x mask score, and a mask score is at most 1 (up to float rounding)
+        reachable = top_scores * (1.0 + 1e-3) >= score_threshold
+        top_scores, labels, queries = top_scores[reachable], labels[reachable], queries[reachable]
+
+    # The mask and its score depend on the query only: compute them once per distinct query.
+    distinct, mask_index = torch.unique(queries, return_inverse=True)
+    logit_threshold = mask_probability_logit(mask_threshold)
+    masks = torch.empty((distinct.numel(), height, width), dtype=torch.bool, device=device)
+    mask_scores = torch.empty(distinct.numel(), dtype=torch.float32, device=device)
+    for part, logits in _query_chunks(mask_logits, distinct, _chunk_size(chunk, height * width)):
+        binary = torch.gt(logits, logit_threshold, out=masks[part])
+        inside = _count(binary).float()
+        mask_scores[part] = logits.sigmoid().mul_(binary).sum(dim=(1, 2)) / (inside + 1e-6)
+    scores = top_scores * mask_scores[mask_index]
+    if score_threshold is not None:
+        selected = scores >= score_threshold
+        scores, labels, queries, mask_index = (t[selected] for t in (scores, labels, queries, mask_index))
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return {
+        "scores": scores[order],
+        "labels": labels[order],
+        "queries": queries[order],
+        "masks": masks,
+        "mask_index": mask_index[order],
+    }
+
+
 def instance_inference(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -237,27 +529,28 @@ def instance_inference(
         dict of "scores" (N,), "labels" (N,), "queries" (N,) and "masks" (N, H, W) bool, sorted by
         decreasing score.
     """
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
-    class_probs = class_logits.softmax(dim=-1)[:, :-1]
-    k = min(int(topk), num_queries * num_classes)
-    top_scores, top_index = class_probs.flatten().topk(k, sorted=True)
-    labels = top_index % num_classes
-    queries = torch.div(top_index, num_classes, rounding_mode="floor")
-    if thing_classes is not None:
-        is_thing = thing_classes.to(device=labels.device, dtype=torch.bool)[labels]
-        top_scores, labels, queries = top_scores[is_thing], labels[is_thing], queries[is_thing]
+    found = instance_detections(
+        class_logits, mask_logits, topk, thing_classes, mask_threshold, score_threshold
+    )
+    masks = found.pop("masks")[found.pop("mask_index")]
+    return {**found, "masks": masks}
 
-    # The mask score depends on the query only: compute it once per query, then gather.
-    binary = mask_logits > mask_probability_logit(mask_threshold)
-    inside = binary.flatten(1).float()
-    mask_scores = (mask_logits.sigmoid().flatten(1) * inside).sum(1) / (inside.sum(1) + 1e-6)
-    scores = top_scores * mask_scores[queries]
-    if score_threshold is not None:
-        selected = scores >= score_threshold
-        scores, labels, queries = scores[selected], labels[selected], queries[selected]
-    order = torch.sort(scores, descending=True, stable=True).indices
-    scores, labels, queries = scores[order], labels[order], queries[order]
-    return {"scores": scores, "labels": labels, "queries": queries, "masks": binary[queries]}
+
+def instance_map(masks: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
+    """(H, W) int32 map of detections: each pixel holds 1 + the first (best-scoring) detection whose mask
+    covers it, 0 where none does. `masks` (U, H, W) bool and `mask_index` (N,) as `instance_detections`
+    returns them (detection i has mask `masks[mask_index[i]]`)."""
+    segmentation = torch.zeros(masks.shape[1:], dtype=torch.int32, device=masks.device)
+    if mask_index.numel() == 0:
+        return segmentation
+    # best detection of each distinct mask; paint the masks from the worst to the best detection
+    first = torch.full((masks.shape[0],), mask_index.numel(), dtype=torch.long, device=masks.device)
+    first.scatter_reduce_(0, mask_index, torch.arange(mask_index.numel(), device=masks.device), "amin")
+    for rank, row in sorted(
+        ((r, i) for i, r in enumerate(first.tolist()) if r < mask_index.numel()), reverse=True
+    ):
+        segmentation.masked_fill_(masks[row], rank + 1)
+    return segmentation
 
 
 def _runs_column_major(masks: torch.Tensor) -> list[list[int]]:
