@@ -62,8 +62,9 @@ def test_multiscale_flip_tta_improves_semantic_miou(demo, heldout):
         "tta": dict(min_sizes=(96, 128, 160), flip=True),
     }.items():
         evaluator = SemanticSegmentationEvaluator(len(ID2LABEL), ignore_index=None)
-        for pred, sample in zip(predict_with_tta(model, processor, images, "semantic", **kwargs), heldout,
-                                strict=True):
+        for pred, sample in zip(
+            predict_with_tta(model, processor, images, "semantic", **kwargs), heldout, strict=True
+        ):
             assert pred.shape == sample["semantic_map"].shape
             evaluator.update(pred, sample["semantic_map"])
         metrics[name] = evaluator.compute()
@@ -84,8 +85,9 @@ def test_flip_tta_formats_for_panoptic_and_instance(demo, heldout):
     scores = [s["score"] for s in instance["segments_info"]]
     assert scores == sorted(scores, reverse=True)
     assert instance["segmentation"].shape[1:] == image.shape[:2]
-    semantic = predict_with_tta(model, processor, image, "semantic", return_segmentation_scores=True,
-                                **kwargs)[0]
+    semantic = predict_with_tta(
+        model, processor, image, "semantic", return_segmentation_scores=True, **kwargs
+    )[0]
     assert torch.equal(semantic["segmentation"], semantic["segmentation_scores"].argmax(0))
 
 
@@ -102,8 +104,10 @@ def test_default_sizes_follow_the_original_scales(demo):
         (dict(task="depth"), "task"),
         (dict(task="semantic", min_sizes=()), "at least one size"),
         (dict(task="semantic", min_sizes=(0,)), "positive integers"),
-        (dict(task="instance", min_sizes=(64,), return_binary_maps=True, return_coco_annotation=True),
-         "both"),
+        (
+            dict(task="instance", min_sizes=(64,), return_binary_maps=True, return_coco_annotation=True),
+            "both",
+        ),
     ],
 )
 def test_bad_arguments_raise(demo, heldout, kwargs, message):

@@ -211,7 +211,7 @@ def _convert_swin_backbone(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     qkv: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
     unknown = []
     for full_key, value in state_dict.items():
-        key = full_key[len(_HF_SWIN):]
+        key = full_key[len(_HF_SWIN) :]
         match = _SWIN_QKV.match(key)
         if match:
             stage, block, which, kind = match.groups()

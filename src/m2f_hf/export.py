@@ -57,8 +57,9 @@ def _min_blocks(model: nn.Module, dynamic: bool) -> int:
     return 1
 
 
-def _check_request(model: nn.Module, height: int, width: int, batch_size: int, dynamic: bool,
-                   max_size: int) -> None:
+def _check_request(
+    model: nn.Module, height: int, width: int, batch_size: int, dynamic: bool, max_size: int
+) -> None:
     named = (("height", height), ("width", width), ("batch_size", batch_size), ("max_size", max_size))
     for name, value in named:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -47,8 +47,9 @@ def tta_sizes(processor: Any, scales: Sequence[float] = TTA_SCALES) -> tuple[tup
     return min_sizes, max_size
 
 
-def _augmented_inputs(image: np.ndarray, min_size: int, max_size: int | None, flip: bool,
-                      resample: Any) -> list[np.ndarray]:
+def _augmented_inputs(
+    image: np.ndarray, min_size: int, max_size: int | None, flip: bool, resample: Any
+) -> list[np.ndarray]:
     """Resize (the original's rounding and Pillow filter), then optionally add the mirrored copy."""
     height, width = image.shape[:2]
     new_h, new_w = resized_shape(height, width, min_size, max_size)
@@ -176,11 +177,29 @@ def predict_with_tta(
         # several: log of the mean probabilities (the rules only use softmax(class logits) = the mean)
         class_logits = class_logits_single if count == 1 else torch.stack(class_probs).mean(0).log()
         if task == "panoptic":
-            results.append(_panoptic(processor, class_logits, mask_logits, threshold, mask_threshold,
-                                     overlap_mask_area_threshold, label_ids_to_fuse))
+            results.append(
+                _panoptic(
+                    processor,
+                    class_logits,
+                    mask_logits,
+                    threshold,
+                    mask_threshold,
+                    overlap_mask_area_threshold,
+                    label_ids_to_fuse,
+                )
+            )
         else:
-            results.append(_instance(processor, class_logits, mask_logits, threshold, mask_threshold,
-                                     return_binary_maps, return_coco_annotation))
+            results.append(
+                _instance(
+                    processor,
+                    class_logits,
+                    mask_logits,
+                    threshold,
+                    mask_threshold,
+                    return_binary_maps,
+                    return_coco_annotation,
+                )
+            )
     return results
 
 
