@@ -40,10 +40,11 @@ def test_fused_gather_matches_grid_sample():
     assert (ours - ref).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("block", [None, 40])
-def test_fused_gradients_match_grid_sample(block, monkeypatch):
-    """The explicit backward of the fused gather equals autograd through the grid_sample formulation,
-    for value, sampling locations and attention weights (also when the backward runs in several blocks)."""
+@pytest.mark.parametrize("sparse, block", [(True, None), (False, None), (False, 40)])
+def test_fused_gradients_match_grid_sample(sparse, block, monkeypatch):
+    """The explicit backward of the fused gather (torch.sparse kernels, or the blocked loops used off CPU)
+    equals autograd through the grid_sample formulation, for value, sampling locations and weights."""
+    monkeypatch.setattr(msda, "_SPARSE_BACKWARD", sparse)
     if block is not None:
         monkeypatch.setattr(msda, "_BACKWARD_BLOCK", block)
     # random points only: at exact pixel centres the bilinear derivative jumps, and which side a formula

@@ -19,14 +19,17 @@ avoids `embedding_bag`'s slow CPU backward for per-sample weights.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
-# elements of the (rows, K, D) temporaries the backward builds per block (16 MB each in float32)
-_BACKWARD_BLOCK = 1 << 22
+# elements of the (rows, K, D) scratch buffer of the blocked backward (4 MB in float32)
+_BACKWARD_BLOCK = 1 << 20
+# CPU backward through torch.sparse kernels (False: always the blocked loops; tests compare both)
+_SPARSE_BACKWARD = True
 # gather entries (query x head x level x point x corner) per inference block: ~4 MB of indices
 _INFERENCE_BLOCK = 1 << 20
 
@@ -34,7 +37,10 @@ _INFERENCE_BLOCK = 1 << 20
 class WeightedRowGather(torch.autograd.Function):
     """out[n] = Σ_k weights[n, k] · table[rows[n, k]]: `F.embedding_bag` forward, explicit backward.
 
-    table (R, D), rows (N, K) int64, weights (N, K) → (N, D). The row indices get no gradient.
+    table (R, D), rows (N, K) integer, weights (N, K) → (N, D). The row indices get no gradient. Seen as a
+    sparse (N, R) matrix A with K entries per row, out = A·table, so the backward is two sparse products:
+    ∂table = Aᵀ·∂out and ∂weights = (∂out·tableᵀ) sampled at A's entries. On CPU in float32/64 they run as
+    torch.sparse kernels; elsewhere as blocked `index_add_` / gather-and-dot loops.
     """
 
     @staticmethod
@@ -47,21 +53,62 @@ class WeightedRowGather(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         table, rows, weights = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        num, per_row = rows.shape
-        dim = table.shape[1]
-        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
-        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
-        step = max(1, _BACKWARD_BLOCK // max(1, per_row * dim))
-        for start in range(0, num, step):
-            block = slice(start, start + step)
-            index, grad = rows[block], grad_out[block]
-            if grad_table is not None:
-                contribution = weights[block].unsqueeze(-1) * grad.unsqueeze(1)  # (n, K, D)
-                grad_table.index_add_(0, index.reshape(-1), contribution.view(-1, dim))
-            if grad_weights is not None:
-                gathered = table.index_select(0, index.reshape(-1)).view(-1, per_row, dim)
-                grad_weights[block] = torch.bmm(gathered, grad.unsqueeze(-1)).squeeze(-1)
+        want_table, want_weights = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        if _SPARSE_BACKWARD and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64):
+            grad_table, grad_weights = _sparse_backward(
+                table, rows, weights, grad_out, want_table, want_weights
+            )
+        else:
+            grad_table, grad_weights = _blocked_backward(
+                table, rows, weights, grad_out, want_table, want_weights
+            )
         return grad_table, None, grad_weights
+
+
+def _sparse_backward(table, rows, weights, grad_out, want_table: bool, want_weights: bool):
+    num, per_row = rows.shape
+    cols = rows.reshape(-1).long()
+    grad_table = grad_weights = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's one-time "sparse support is in beta" notices
+        if want_table:
+            owners = torch.arange(num, device=rows.device).repeat_interleave(per_row)
+            transposed = torch.sparse_coo_tensor(
+                torch.stack((cols, owners)),
+                weights.reshape(-1),
+                (table.shape[0], num),
+                check_invariants=False,
+            )
+            grad_table = torch.sparse.mm(transposed, grad_out)
+        if want_weights:
+            crow = torch.arange(0, num * per_row + 1, per_row, device=rows.device)
+            pattern = torch.sparse_csr_tensor(
+                crow, cols, weights.new_zeros(num * per_row), (num, table.shape[0]), check_invariants=False
+            )
+            sampled = torch.sparse.sampled_addmm(pattern, grad_out, table.t())
+            grad_weights = sampled.values().view(num, per_row)
+    return grad_table, grad_weights
+
+
+def _blocked_backward(table, rows, weights, grad_out, want_table: bool, want_weights: bool):
+    num, per_row = rows.shape
+    dim = table.shape[1]
+    grad_table = torch.zeros_like(table) if want_table else None
+    grad_weights = torch.empty_like(weights) if want_weights else None
+    step = min(num, max(1, _BACKWARD_BLOCK // max(1, per_row * dim)))
+    # one (step, K, D) buffer reused by every block: fresh large allocations cost page faults each time
+    buffer = table.new_empty(step, per_row, dim)
+    for start in range(0, num, step):
+        block = slice(start, start + step)
+        index, grad = rows[block].reshape(-1), grad_out[block]
+        scratch = buffer[: grad.shape[0]]
+        if grad_table is not None:
+            torch.mul(weights[block].unsqueeze(-1), grad.unsqueeze(1), out=scratch)
+            grad_table.index_add_(0, index, scratch.view(-1, dim))
+        if grad_weights is not None:
+            torch.index_select(table, 0, index, out=scratch.view(-1, dim))
+            grad_weights[block] = torch.bmm(scratch, grad.unsqueeze(-1)).squeeze(-1)
+    return grad_table, grad_weights
 
 
 def pad_value_levels(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
