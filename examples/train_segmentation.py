@@ -155,6 +155,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     optim.add_argument("--find_unused_parameters", action="store_true")
     optim.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute backbone blocks, encoder and decoder layers in the backward (less memory, slower)",
+    )
+    optim.add_argument(
         "--cpu",
         action="store_true",
         help="force the CPU (several processes: gloo); same as ACCELERATE_USE_CPU=true",
@@ -485,6 +490,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_config = Mask2FormerConfig.from_pretrained(args.model) if args.model else None
     train_source, eval_source = load_data(args, model_config)
     model = build_model(args, train_source.labels)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     config = model.config
     processor = build_processor(args, config)
     model.criterion.rand_fn = sampler = PointSampler(args.seed, accelerator.process_index, args.shared_points)

@@ -72,10 +72,15 @@ def _sparse_backward(table, rows, weights, grad_out, want_table: bool, want_weig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's one-time "sparse support is in beta" notices
         if want_table:
-            owners = torch.arange(num, device=rows.device).repeat_interleave(per_row)
-            transposed = torch.sparse_coo_tensor(
-                torch.stack((cols, owners)),
-                weights.reshape(-1),
+            # Aᵀ in CSR: the entries sorted by table row (stable, so the sums run in a fixed order)
+            order = torch.argsort(cols, stable=True)
+            counts = torch.bincount(cols, minlength=table.shape[0])
+            crow_t = torch.zeros(table.shape[0] + 1, dtype=torch.long, device=rows.device)
+            torch.cumsum(counts, 0, out=crow_t[1:])
+            transposed = torch.sparse_csr_tensor(
+                crow_t,
+                torch.div(order, per_row, rounding_mode="floor"),
+                weights.reshape(-1)[order],
                 (table.shape[0], num),
                 check_invariants=False,
             )
