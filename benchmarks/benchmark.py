@@ -504,9 +504,9 @@ def run_train(args, report, theirs, ours, pixel_values, name, device):
                 theirs_mem=mem["theirs"][0],
             )
         )
-        # transformers' Mask2Former has no gradient checkpointing (`gradient_checkpointing_enable` raises):
+        # transformers' Mask2Former has no activation checkpointing (`activation_checkpointing_enable` fails):
         # m2f_hf with it against transformers as it is
-        ours.gradient_checkpointing_enable()
+        getattr(ours, "activation_checkpointing_enable", ours.gradient_checkpointing_enable)()
         t = interleaved(steps, max(1, args.train_reps), device)
         ours_mem = peak_memory(steps["ours"], device)
         report.rows.append(
@@ -521,7 +521,7 @@ def run_train(args, report, theirs, ours, pixel_values, name, device):
             )
         )
     finally:
-        ours.gradient_checkpointing_disable()
+        getattr(ours, "activation_checkpointing_disable", ours.gradient_checkpointing_disable)()
         for key, model in models.items():
             model.load_state_dict(saved[key])
             model.eval()

@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_source, eval_source = load_data(args, model_config)
     model = build_model(args, train_source.labels)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers >= 5.x names it activation checkpointing; older 5.x only has the gradient_ alias
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     config = model.config
     processor = build_processor(args, config)
     model.criterion.rand_fn = sampler = PointSampler(args.seed, accelerator.process_index, args.shared_points)

@@ -469,7 +469,7 @@ class SwinBackbone(nn.Module):
     def _checkpoint_fn(self) -> Callable | None:
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
             return None
-        # transformers' `gradient_checkpointing_enable` installs its own function on every module that has
+        # transformers' `activation_checkpointing_enable` installs its own function on every module that has
         # a `gradient_checkpointing` attribute; otherwise use torch's non-reentrant checkpoint
         fn = getattr(self, "_gradient_checkpointing_func", None)
         return fn or functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
