@@ -5,23 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_m2f import HEAD as TINY_HEAD
 
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 from m2f_hf.export import ExportWrapper, export_onnx, export_program
 
 TOL = 1e-4
-HEAD = dict(
-    num_labels=5,
-    feature_size=32,
-    mask_feature_size=32,
-    hidden_dim=32,
-    num_attention_heads=4,
-    dim_feedforward=64,
-    num_queries=8,
-    encoder_layers=1,
-    decoder_layers=3,
-    encoder_feedforward_dim=64,
-)
+HEAD = dict(TINY_HEAD, num_labels=5)
 BACKBONES = {
     "resnet": ("resnet", dict(depth=50, stem_out_channels=16, res2_out_channels=32, width_per_group=8)),
     # window 3: dynamic Swin needs H, W >= 32 * (3 + 1) = 128; depth 2 in the first stages = shifted blocks
