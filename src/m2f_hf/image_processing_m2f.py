@@ -25,7 +25,7 @@ Input conventions (each image becomes 8-bit RGB before the resize, as the origin
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -468,13 +468,6 @@ class M2fHfImageProcessor(PilBackend):
                 raise ValueError(f"got {len(targets)} target sizes for a batch of {batch}")
         return class_logits, mask_logits, crops, targets
 
-    @staticmethod
-    def _masks_at_target(
-        mask_logits: torch.Tensor, crop: tuple[int, int], target: tuple[int, int]
-    ) -> torch.Tensor:
-        """(Q, h, w) mask logits → padded size → crop → target size (the original's order)."""
-        return pp.masks_at_target(mask_logits, crop, target)
-
     def _class_flags(self, ids: Sequence[int] | None, num_classes: int, device: torch.device) -> torch.Tensor:
         flags = torch.zeros(num_classes, dtype=torch.bool, device=device)
         if ids is not None:
@@ -482,6 +475,64 @@ class M2fHfImageProcessor(PilBackend):
             if ids:
                 flags[torch.tensor(ids, device=device)] = True
         return flags
+
+    def _fuse_flags(self, label_ids_to_fuse: Any, num_classes: int, device: torch.device) -> torch.Tensor:
+        """(K,) bool of the classes whose panoptic segments merge: the given ids, else all non-things."""
+        if label_ids_to_fuse is None:
+            things = range(num_classes) if self.thing_ids is None else self.thing_ids
+            return ~self._class_flags(things, num_classes, device)
+        return self._class_flags(label_ids_to_fuse, num_classes, device)
+
+    @staticmethod
+    def _panoptic_result(panoptic: torch.Tensor, segments: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """`panoptic_inference`'s map and per-segment tensors → the pipeline's result dict."""
+        labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
+        info = [
+            {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
+            for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused, strict=True))
+        ]
+        return {"segmentation": panoptic, "segments_info": info}
+
+    def _instance_result(
+        self,
+        class_logits: torch.Tensor,
+        mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+        output_size: tuple[int, int],
+        threshold: float | None,
+        mask_threshold: float,
+        return_binary_maps: bool,
+        return_coco_annotation: bool,
+    ) -> dict[str, Any]:
+        """One image's instances (see `postprocessing.instance_detections`; `mask_logits` as it takes them)
+        → the pipeline's result dict."""
+        num_classes = class_logits.shape[-1] - 1
+        things = None
+        if self.thing_ids is not None:
+            things = self._class_flags(self.thing_ids, num_classes, class_logits.device)
+        found = pp.instance_detections(
+            class_logits,
+            mask_logits,
+            self.test_topk_per_image,
+            things,
+            mask_threshold,
+            threshold,
+            output_size,
+        )
+        info = [
+            {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
+            for i, (label, score) in enumerate(
+                zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
+            )
+        ]
+        masks, mask_index = found["masks"], found["mask_index"]
+        if return_binary_maps:
+            segmentation = masks[mask_index]
+        elif return_coco_annotation:
+            encoded = pp.rle_encode(masks)  # each distinct mask once
+            segmentation = [dict(encoded[i]) for i in mask_index.tolist()]
+        else:
+            segmentation = pp.instance_map(masks, mask_index)
+        return {"segmentation": segmentation, "segments_info": info}
 
     # ------------------------------------------------------------------ post-processing
     def post_process_semantic_segmentation(
@@ -509,7 +560,7 @@ class M2fHfImageProcessor(PilBackend):
                 )
                 continue
             if self.sem_seg_postprocess_before_inference:
-                masks = self._masks_at_target(mask_logits[b], crops[b], targets[b])
+                masks = pp.masks_at_target(mask_logits[b], crops[b], targets[b])
                 crop = target = None
             else:
                 masks = pp.upsample_to_padded(mask_logits[b], padded)
@@ -553,12 +604,7 @@ class M2fHfImageProcessor(PilBackend):
         class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
         num_classes = class_logits.shape[-1] - 1
         device = mask_logits.device
-        if label_ids_to_fuse is None:
-            fuse = ~self._class_flags(
-                range(num_classes) if self.thing_ids is None else self.thing_ids, num_classes, device
-            )
-        else:
-            fuse = self._class_flags(label_ids_to_fuse, num_classes, device)
+        fuse = self._fuse_flags(label_ids_to_fuse, num_classes, device)
         results = []
         for b in range(class_logits.shape[0]):
             # only queries passing the score threshold can win pixels or form segments: upsample just those
@@ -581,12 +627,7 @@ class M2fHfImageProcessor(PilBackend):
                     mask_threshold,
                     targets[b],
                 )
-            labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
-            info = [
-                {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
-                for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused, strict=True))
-            ]
-            results.append({"segmentation": panoptic, "segments_info": info})
+            results.append(self._panoptic_result(panoptic, segments))
         return results
 
     def post_process_instance_segmentation(
@@ -619,35 +660,16 @@ class M2fHfImageProcessor(PilBackend):
         if return_coco_annotation and return_binary_maps:
             raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
         class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
-        num_classes = class_logits.shape[-1] - 1
-        things = None
-        if self.thing_ids is not None:
-            things = self._class_flags(self.thing_ids, num_classes, mask_logits.device)
-        results = []
-        for b in range(class_logits.shape[0]):
-            # only the queries of the detections are upsampled, a few at a time
-            found = pp.instance_detections(
+        # only the queries of the detections are upsampled, a few at a time
+        return [
+            self._instance_result(
                 class_logits[b],
                 pp.query_masks(mask_logits[b], crops[b], targets[b]),
-                self.test_topk_per_image,
-                things,
-                mask_threshold,
-                threshold,
                 targets[b],
+                threshold,
+                mask_threshold,
+                return_binary_maps,
+                return_coco_annotation,
             )
-            info = [
-                {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
-                for i, (label, score) in enumerate(
-                    zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
-                )
-            ]
-            masks, mask_index = found["masks"], found["mask_index"]
-            if return_binary_maps:
-                segmentation = masks[mask_index]
-            elif return_coco_annotation:
-                encoded = pp.rle_encode(masks)  # each distinct mask once
-                segmentation = [dict(encoded[i]) for i in mask_index.tolist()]
-            else:
-                segmentation = pp.instance_map(masks, mask_index)
-            results.append({"segmentation": segmentation, "segments_info": info})
-        return results
+            for b in range(class_logits.shape[0])
+        ]

@@ -159,7 +159,7 @@ def predict_with_tta(
                     scores = s if scores is None else scores + s
                 else:
                     class_logits, mask_logits, crops, targets = processor._unpack(single, [target])
-                    m = processor._masks_at_target(mask_logits[0], crops[0], targets[0])
+                    m = pp.masks_at_target(mask_logits[0], crops[0], targets[0])
                     m = m.flip(-1) if flipped else m
                     masks = m if masks is None else masks + m
                     class_logits_single = class_logits[0]
@@ -204,48 +204,20 @@ def predict_with_tta(
 
 
 def _panoptic(processor, class_logits, mask_logits, threshold, mask_threshold, overlap, label_ids_to_fuse):
-    """The processor's panoptic formatting applied to merged (Q, H, W) mask logits at the output size."""
+    """The processor's panoptic rule and formatting applied to merged (Q, H, W) mask logits at the output
+    size."""
     threshold = processor.object_mask_threshold if threshold is None else threshold
     overlap = processor.overlap_threshold if overlap is None else overlap
-    num_classes = class_logits.shape[-1] - 1
-    device = mask_logits.device
-    if label_ids_to_fuse is None:
-        things = range(num_classes) if processor.thing_ids is None else processor.thing_ids
-        fuse = ~processor._class_flags(things, num_classes, device)
-    else:
-        fuse = processor._class_flags(label_ids_to_fuse, num_classes, device)
+    fuse = processor._fuse_flags(label_ids_to_fuse, class_logits.shape[-1] - 1, mask_logits.device)
     panoptic, segments = pp.panoptic_inference(
         class_logits, mask_logits, fuse, threshold, overlap, mask_threshold
     )
-    labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
-    info = [
-        {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
-        for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused, strict=True))
-    ]
-    return {"segmentation": panoptic, "segments_info": info}
+    return processor._panoptic_result(panoptic, segments)
 
 
 def _instance(processor, class_logits, mask_logits, threshold, mask_threshold, binary_maps, coco):
-    """The processor's instance formatting applied to merged (Q, H, W) mask logits at the output size."""
-    num_classes = class_logits.shape[-1] - 1
-    things = None
-    if processor.thing_ids is not None:
-        things = processor._class_flags(processor.thing_ids, num_classes, mask_logits.device)
-    found = pp.instance_inference(
-        class_logits, mask_logits, processor.test_topk_per_image, things, mask_threshold, threshold
+    """The processor's instance rule and formatting applied to merged (Q, H, W) mask logits at the output
+    size."""
+    return processor._instance_result(
+        class_logits, mask_logits, tuple(mask_logits.shape[-2:]), threshold, mask_threshold, binary_maps, coco
     )
-    binary = found["masks"]
-    labels, scores = found["labels"].tolist(), found["scores"].tolist()
-    info = [
-        {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
-        for i, (label, score) in enumerate(zip(labels, scores, strict=True))
-    ]
-    if binary_maps:
-        segmentation = binary
-    elif coco:
-        segmentation = pp.rle_encode(binary)
-    else:
-        covered = binary.any(dim=0)
-        first = binary.int().argmax(dim=0) if binary.shape[0] else torch.zeros_like(covered, dtype=torch.long)
-        segmentation = torch.where(covered, first + 1, 0).to(torch.int32)
-    return {"segmentation": segmentation, "segments_info": info}
