@@ -164,14 +164,19 @@ def deformable_sample(
     _, queries, _, levels, points, _ = pixel_xy.shape
     if len(spatial_shapes) != levels:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
+    layout = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
+    # int32 row indices (half the bytes of int64) in eager mode when the padded table is small enough;
+    # int64 under compilers and exporters (ONNX's Concat rejects the mixed index types)
+    small = padded_value.numel() // dim < 2**31
+    index_dtype = torch.int32 if small and not _tracing() else torch.int64
     block = max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4))
     if queries <= block or not eager_inference(padded_value, pixel_xy, attention_weights):
-        return _sample_block(padded_value, spatial_shapes, pixel_xy, attention_weights)
+        return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights)
     out = padded_value.new_empty(batch, queries, heads * dim)
     for start in range(0, queries, block):
         stop = min(start + block, queries)
         out[:, start:stop] = _sample_block(
-            padded_value, spatial_shapes, pixel_xy[:, start:stop], attention_weights[:, start:stop]
+            padded_value, layout, index_dtype, pixel_xy[:, start:stop], attention_weights[:, start:stop]
         )
     return out
 
@@ -182,14 +187,11 @@ def eager_inference(*tensors: torch.Tensor) -> bool:
     return not _tracing() and not _needs_grad(*tensors)
 
 
-def _sample_block(padded_value, spatial_shapes, pixel_xy, attention_weights) -> torch.Tensor:
+def _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights) -> torch.Tensor:
+    """`deformable_sample` for the queries of `pixel_xy`, with the gather constants from `_layout`."""
     batch, _, heads, dim = padded_value.shape
     _, queries, _, levels, points, _ = pixel_xy.shape
-    base, step, corners, size_xy = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
-    # int32 row indices (half the bytes of int64) in eager mode when the padded table is small enough;
-    # int64 under compilers and exporters (ONNX's Concat rejects the mixed index types)
-    small = padded_value.numel() // dim < 2**31
-    index_dtype = torch.int32 if small and not _tracing() else torch.int64
+    base, step, corners, size_xy = layout
     # clamping to [-1, size] keeps every corner inside the zero border without changing any in-map sample
     size_xy = size_xy.view(1, 1, 1, levels, 1, 2)
     pixel_xy = torch.clamp(pixel_xy, min=torch.full_like(size_xy, -1.0), max=size_xy)
