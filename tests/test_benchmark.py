@@ -36,6 +36,8 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path):
         assert f"| {task}" in text, task
     assert "| training step, m2f_hf with gradient checkpointing" in text
     assert "peak bytes of live tensors" in text  # the profiler-based memory measure works on this torch
+    forward = next(x for x in text.splitlines() if "| forward |" in x).split("|")
+    assert float(forward[6]) > 0 and float(forward[7]) > 0  # inference peak MB of both libraries
     assert "torch " in text and "transformers " in text and "GEMM peak" in text
     # both libraries ran the same weights: the logits agree
     line = next(x for x in text.splitlines() if "forward max |Δ| class logits" in x)

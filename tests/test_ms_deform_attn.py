@@ -126,6 +126,7 @@ def test_inference_blocks_give_identical_results(monkeypatch):
 
 def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
     """The pixel decoder's inference FFN in token blocks equals the unblocked layer (float noise)."""
+    import m2f_hf.inference_blocks as inference_blocks
     import m2f_hf.pixel_decoder as pixel_decoder
 
     torch.manual_seed(0)
@@ -135,8 +136,11 @@ def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
     refs = torch.rand(1, total, len(SHAPES), 2)
     with torch.no_grad():
         whole = layer(src, pos, refs, SHAPES)
-        monkeypatch.setattr(pixel_decoder, "FFN_BLOCK", 7)
+        monkeypatch.setattr(inference_blocks, "BLOCK_ELEMENTS", 64 * 7)  # 7 tokens per block
+        calls = []
+        layer.linear1.register_forward_hook(lambda *_: calls.append(1))
         blocked = layer(src, pos, refs, SHAPES)
+        assert len(calls) == (2 * total + 6) // 7
     with torch.enable_grad():
         grad_path = layer(src, pos, refs, SHAPES)  # the unblocked path
     assert (whole - blocked).abs().max().item() < 1e-5

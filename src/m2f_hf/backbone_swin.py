@@ -20,6 +20,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from .inference_blocks import add_blockwise_, eager_inference, rows_per_block
+
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 SHIFT_MASK_VALUE = -100.0  # the original's additive value between tokens of different shifted regions
 _MASK_CACHE_SIZE = 16
@@ -175,7 +177,21 @@ class WindowAttention(nn.Module):
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
     def forward(self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """windows: (B, nW, N, C); shift_mask: (nW, N, N) additive or None. Returns (B, nW, N, C)."""
+        """windows: (B, nW, N, C); shift_mask: (nW, N, N) additive or None. Returns (B, nW, N, C).
+
+        At inference the windows go a block at a time (`inference_blocks`): q/k/v of a whole
+        high-resolution map would be hundreds of MB."""
+        b, nw, n, c = windows.shape
+        step = rows_per_block(b * n * 3 * c)
+        if nw <= step or not eager_inference(windows, self.qkv.weight):
+            return self._attend(windows, shift_mask)
+        out = torch.empty_like(windows)
+        for start in range(0, nw, step):
+            part = slice(start, start + step)
+            out[:, part] = self._attend(windows[:, part], None if shift_mask is None else shift_mask[part])
+        return out
+
+    def _attend(self, windows: torch.Tensor, shift_mask: torch.Tensor | None) -> torch.Tensor:
         b, nw, n, c = windows.shape
         heads, head_dim = self.num_heads, c // self.num_heads
         qkv = self.qkv(windows).view(b, nw, n, 3, heads, head_dim)
@@ -260,7 +276,16 @@ class SwinBlock(nn.Module):
         elif padded:
             y = y[:, :h, :w, :]
         x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training or not eager_inference(x, self.mlp.fc1.weight):
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # inference: the MLP residual is added in place a block of tokens at a time (`inference_blocks`)
+        x = x.contiguous()
+        flat = x.view(-1, x.shape[-1])
+        add_blockwise_(flat, self._mlp_branch, flat, rows_per_block(self.mlp.fc1.out_features))
+        return x
+
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
 
 
 class PatchMerging(nn.Module):

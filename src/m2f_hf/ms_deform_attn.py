@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inference_blocks import eager_inference, needs_grad, tracing
+
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
 # elements of the (rows, K, D) scratch buffer of the blocked backward (4 MB in float32)
 _BACKWARD_BLOCK = 1 << 20
@@ -168,7 +170,7 @@ def deformable_sample(
     # int32 row indices (half the bytes of int64) in eager mode when the padded table is small enough;
     # int64 under compilers and exporters (ONNX's Concat rejects the mixed index types)
     small = padded_value.numel() // dim < 2**31
-    index_dtype = torch.int32 if small and not _tracing() else torch.int64
+    index_dtype = torch.int32 if small and not tracing() else torch.int64
     block = max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4))
     if queries <= block or not eager_inference(padded_value, pixel_xy, attention_weights):
         return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights)
@@ -179,12 +181,6 @@ def deformable_sample(
             padded_value, layout, index_dtype, pixel_xy[:, start:stop], attention_weights[:, start:stop]
         )
     return out
-
-
-def eager_inference(*tensors: torch.Tensor) -> bool:
-    """True when nothing needs gradients and no compiler or tracer is watching: the case where work may be
-    split into Python-level blocks (a loop whose trip count depends on the input size)."""
-    return not _tracing() and not _needs_grad(*tensors)
 
 
 def _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights) -> torch.Tensor:
@@ -205,19 +201,11 @@ def _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights
     weight_y = pair[..., 1, :] * attention_weights.unsqueeze(-1)
     weights = (weight_y.unsqueeze(-1) * pair[..., 0, :].unsqueeze(-2)).view(rows.shape)
     table, weights = padded_value.reshape(-1, dim), weights.to(padded_value.dtype)
-    if _needs_grad(table, weights):
+    if needs_grad(table, weights):
         out = WeightedRowGather.apply(table, rows, weights)
     else:
         out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
     return out.view(batch, queries, heads * dim)
-
-
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def multi_scale_deformable_attention(

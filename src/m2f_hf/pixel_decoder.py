@@ -9,11 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone_resnet import ConvNorm
-from .ms_deform_attn import MSDeformAttn, eager_inference
+from .inference_blocks import add_blockwise_, eager_inference, rows_per_block
+from .ms_deform_attn import MSDeformAttn
 from .position_encoding import SinePositionEmbedding
-
-# tokens per block of the encoder FFN at inference (2048 x d_ffn 1024 floats = 8 MB of hidden activations)
-FFN_BLOCK = 2048
 
 
 def _group_norm(norm: str, channels: int) -> nn.Module | None:
@@ -41,20 +39,17 @@ class DeformableEncoderLayer(nn.Module):
     def forward(self, src, pos, reference_points, spatial_shapes):
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
         src = self.norm1(src + self.dropout1(attended))
-        return self.norm2(src + self.dropout3(self._ffn(src)))
+        if self.training or not eager_inference(src, self.linear1.weight):
+            return self.norm2(src + self.dropout3(self._ffn(src)))
+        # inference: the residual sum is formed in place a block of tokens at a time, so the d_ffn-wide
+        # hidden activations (90 MB per layer at 800x1333) never exist whole
+        flat = src.reshape(-1, src.shape[-1])
+        add_blockwise_(flat, self._ffn, flat, rows_per_block(self.linear1.out_features))
+        return self.norm2(src)
 
     def _ffn(self, src: torch.Tensor) -> torch.Tensor:
-        """linear2(dropout(relu(linear1(x)))). At inference it runs FFN_BLOCK tokens at a time: the d_ffn-wide
-        hidden activations (90 MB per layer at 800x1333) never exist whole."""
-        if self.training or not eager_inference(src, self.linear1.weight):
-            return self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
-        flat = src.reshape(-1, src.shape[-1])
-        out = torch.empty_like(flat)
-        for start in range(0, flat.shape[0], FFN_BLOCK):
-            out[start : start + FFN_BLOCK] = self.linear2(
-                F.relu(self.linear1(flat[start : start + FFN_BLOCK]), inplace=True)
-            )
-        return out.view_as(src)
+        """linear2(dropout(relu(linear1(x))))."""
+        return self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
 
 
 class DeformableEncoder(nn.Module):

@@ -61,20 +61,52 @@ def upsample_to_padded(mask_logits: torch.Tensor, padded_size: tuple[int, int]) 
     return x[0] if squeeze else x
 
 
+def _bilinear_into(x: torch.Tensor, size: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
+    """`F.interpolate(x[None], size, bilinear, align_corners=False)[0]` written into `out` (n, H, W): the same
+    kernel and values, without a fresh output tensor."""
+    torch.ops.aten.upsample_bilinear2d.out(x[None], list(size), False, None, None, out=out[None])
+    return out
+
+
 def masks_at_target(
-    mask_logits: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]
+    mask_logits: torch.Tensor,
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(Q, h, w) mask logits at 1/4 of the padded input → padded size (4h, 4w) → crop to `image_size` →
-    resize to `output_size`: the original's order. When `output_size == image_size` the resize is the
-    identity (source positions fall on the pixels, weights 1 and 0) and is skipped: the result is a view
-    of the padded planes. For the planes of a few queries use `query_masks` (bit-identical to the full
-    stack's)."""
+    resize to `output_size`: the original's order, written into `out` (Q, H, W) when given. When
+    `output_size == image_size` the resize is the identity (source positions fall on the pixels, weights 1
+    and 0) and is skipped.
+
+    Queries go through the padded size a few at a time in one reused buffer: the Q×Hp×Wp stack (430 MB at
+    800×1333) never exists, and on CPU a fresh allocation that large costs more in page faults than the
+    interpolation itself. The planes are bit-identical to the full stack's (see `_generic_bilinear`). For
+    the planes of a few queries use `query_masks`."""
     padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
     (h, w), output_size = _checked_sizes(padded, image_size, output_size)
-    upsampled = upsample_to_padded(mask_logits, padded)
-    if output_size == (h, w):
-        return upsampled[..., :h, :w]
-    return crop_and_resize(upsampled, image_size, output_size)
+    identity = output_size == (h, w)
+    queries = mask_logits.shape[0]
+    if queries <= 4 or not (_generic_bilinear(padded) and _generic_bilinear(output_size)):
+        upsampled = upsample_to_padded(mask_logits, padded)
+        result = upsampled[..., :h, :w] if identity else crop_and_resize(upsampled, image_size, output_size)
+        return result if out is None else out.copy_(result)
+    if out is None:
+        out = mask_logits.new_empty((queries, *output_size))
+    step = max(4, QUERY_BLOCK // (padded[0] * padded[1]))
+    scratch = mask_logits.new_empty((min(step, queries), *padded))
+    start = 0
+    while start < queries:
+        stop = min(start + step, queries)
+        if stop - start == 3:  # 3 planes can take another kernel (see `_generic_bilinear`): redo one
+            start -= 1
+        up = _bilinear_into(mask_logits[start:stop], padded, scratch[: stop - start])[:, :h, :w]
+        if identity:
+            out[start:stop] = up
+        else:
+            _bilinear_into(up, output_size, out[start:stop])
+        start = stop
+    return out
 
 
 def _generic_bilinear(output_size: tuple[int, int]) -> bool:
@@ -90,15 +122,22 @@ def query_masks(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Function from query indices to their planes of `masks_at_target(mask_logits, ...)`, bit-identical
     to indexing the full stack. Where the interpolation is per pixel only the requested queries are
-    upsampled (a request of 3 is padded to 4, see `_generic_bilinear`); for small sizes the full stack is
-    built once and indexed."""
+    upsampled (a request of 3 is padded to 4, see `_generic_bilinear`), into one buffer that each call
+    reuses: use the planes of one call before the next. For small sizes the full stack is built once and
+    indexed."""
     padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
-    if _generic_bilinear(padded) and _generic_bilinear(tuple(int(s) for s in output_size)):
+    output_size = tuple(int(s) for s in output_size)
+    if _generic_bilinear(padded) and _generic_bilinear(output_size):
+        buffer: list[torch.Tensor] = []
 
         def some(queries: torch.Tensor) -> torch.Tensor:
-            if queries.numel() == 3:
-                return masks_at_target(mask_logits[queries[[0, 1, 2, 2]]], image_size, output_size)[:3]
-            return masks_at_target(mask_logits[queries], image_size, output_size)
+            count = queries.numel()
+            if count == 3:
+                queries = queries[[0, 1, 2, 2]]
+            if not buffer or buffer[0].shape[0] < queries.numel():
+                buffer[:] = [mask_logits.new_empty((queries.numel(), *output_size))]
+            out = buffer[0][: queries.numel()]
+            return masks_at_target(mask_logits[queries], image_size, output_size, out=out)[:count]
 
         return some
     stack: list[torch.Tensor] = []
@@ -491,7 +530,9 @@ def instance_detections(
     for part, logits in _query_chunks(mask_logits, distinct, _chunk_size(chunk, height * width)):
         binary = torch.gt(logits, logit_threshold, out=masks[part])
         inside = _count(binary).float()
-        mask_scores[part] = logits.sigmoid().mul_(binary).sum(dim=(1, 2)) / (inside + 1e-6)
+        # the original's sigmoid x (0/1 mask) without a float copy of the mask: sigmoid(-inf) is exactly 0
+        probs = torch.where(binary, logits, -math.inf).sigmoid_()
+        mask_scores[part] = probs.sum(dim=(1, 2)) / (inside + 1e-6)
     scores = top_scores * mask_scores[mask_index]
     if score_threshold is not None:
         selected = scores >= score_threshold

@@ -1,0 +1,49 @@
+"""Bounded-memory evaluation at inference: row-wise work split into Python-level blocks.
+
+Why: a layer applied to a whole high-resolution feature map creates fresh temporaries of tens to hundreds
+of MB (an MLP's 4x-wide hidden layer, a window attention's q/k/v). Allocations that large are mapped
+fresh from the OS on every call and paid for in page faults; blocks of a few MB are recycled by the
+allocator and stay in cache. Blocking is used only where it is invisible: nothing needs gradients and no
+compiler or tracer is watching (a loop whose trip count depends on the input size would specialise it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# elements of the widest per-block temporary (4 MB in float32)
+BLOCK_ELEMENTS = 1 << 20
+
+
+def tracing() -> bool:
+    """Whether torch.compile/export or the JIT tracer is recording this call."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def eager_inference(*tensors: torch.Tensor) -> bool:
+    """True when nothing needs gradients and no compiler or tracer is watching: the case where work may be
+    split into Python-level blocks."""
+    return not tracing() and not needs_grad(*tensors)
+
+
+def rows_per_block(row_elements: int, budget: int | None = None) -> int:
+    """Rows whose widest temporary (`row_elements` per row) fits in `budget` (default BLOCK_ELEMENTS)
+    elements; at least 1."""
+    return max(1, (BLOCK_ELEMENTS if budget is None else budget) // max(1, row_elements))
+
+
+def add_blockwise_(
+    out: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """out[i:j] += fn(x[i:j]) over blocks of `rows` leading-dimension rows; returns `out`.
+
+    `out` may be `x` itself: each block is read in full by `fn` before its rows are updated."""
+    for start in range(0, x.shape[0], rows):
+        out[start : start + rows] += fn(x[start : start + rows])
+    return out
