@@ -125,7 +125,8 @@ def test_inference_blocks_give_identical_results(monkeypatch):
 
 
 def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
-    """The pixel decoder's inference FFN in token blocks equals the unblocked layer (float noise)."""
+    """The pixel decoder layer at inference, attention and FFN in token blocks, equals the unblocked layer
+    (float noise)."""
     import m2f_hf.inference_blocks as inference_blocks
     import m2f_hf.pixel_decoder as pixel_decoder
 
@@ -136,11 +137,12 @@ def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
     refs = torch.rand(1, total, len(SHAPES), 2)
     with torch.no_grad():
         whole = layer(src, pos, refs, SHAPES)
-        monkeypatch.setattr(inference_blocks, "BLOCK_ELEMENTS", 64 * 7)  # 7 tokens per block
+        monkeypatch.setattr(inference_blocks, "BLOCK_ELEMENTS", 2 * 64 * 5)  # 5 tokens (x batch 2) per block
         calls = []
-        layer.linear1.register_forward_hook(lambda *_: calls.append(1))
+        layer.self_attn.sampling_offsets.register_forward_hook(lambda *_: calls.append(1))
+        layer.linear1.register_forward_hook(lambda *_: calls.append(2))
         blocked = layer(src, pos, refs, SHAPES)
-        assert len(calls) == (2 * total + 6) // 7
+        assert calls == [1, 2] * ((total + 4) // 5)
     with torch.enable_grad():
         grad_path = layer(src, pos, refs, SHAPES)  # the unblocked path
     assert (whole - blocked).abs().max().item() < 1e-5

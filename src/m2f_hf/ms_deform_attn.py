@@ -288,13 +288,29 @@ class MSDeformAttn(nn.Module):
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         """query (B, Q, C), reference_points (B or 1, Q, L, 2) in [0, 1], value_input (B, S, C)."""
-        batch, num_queries, _ = query.shape
+        value = self.padded_value(value_input, spatial_shapes)
+        return self.attend(query, reference_points, value, spatial_shapes)
+
+    def padded_value(self, value_input: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """The projected values (B, S, C) laid out for the gather: (B, padded rows, heads, head_dim). The
+        query-independent half of `forward`, so queries can be attended a block at a time."""
         if len(spatial_shapes) != self.n_levels:
             raise ValueError(
                 f"MSDeformAttn has {self.n_levels} levels, got {len(spatial_shapes)} spatial shapes"
             )
-        head_dim = self.d_model // self.n_heads
-        value = self.value_proj(value_input)
+        value = pad_value_levels(self.value_proj(value_input), spatial_shapes)
+        return value.view(value_input.shape[0], -1, self.n_heads, self.d_model // self.n_heads)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        padded_value: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """The query-dependent half of `forward`: offsets and weights from `query`, sampling, output
+        projection. Each query's output depends only on its own row."""
+        batch, num_queries, _ = query.shape
         offsets = self.sampling_offsets(query).view(
             batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2
         )
@@ -304,5 +320,4 @@ class MSDeformAttn(nn.Module):
         # location·size - 0.5 with location = reference + offset / size: the offsets are already in pixels
         reference_pixels = reference_points * size_xy - 0.5
         pixel_xy = offsets + reference_pixels[:, :, None, :, None, :]
-        value = pad_value_levels(value, spatial_shapes).view(batch, -1, self.n_heads, head_dim)
-        return self.output_proj(deformable_sample(value, spatial_shapes, pixel_xy, weights))
+        return self.output_proj(deformable_sample(padded_value, spatial_shapes, pixel_xy, weights))
