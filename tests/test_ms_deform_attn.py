@@ -147,3 +147,15 @@ def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
         grad_path = layer(src, pos, refs, SHAPES)  # the unblocked path
     assert (whole - blocked).abs().max().item() < 1e-5
     assert (whole - grad_path).abs().max().item() < 1e-5
+
+
+def test_corner_weights_same_with_and_without_autograd():
+    """The inference products and the autograd outer product give the same bits, corners in gather order."""
+    gen = torch.Generator().manual_seed(3)
+    frac, attention = torch.rand(2, 5, 4, 3, 2, 2, generator=gen), torch.rand(2, 5, 4, 3, 2, generator=gen)
+    with torch.no_grad():
+        fast = msda._corner_weights(frac, attention)
+    slow = msda._corner_weights(frac.requires_grad_(), attention)
+    assert slow.requires_grad and torch.equal(fast, slow.detach())
+    fx, fy, a = frac[..., 0].detach(), frac[..., 1].detach(), attention
+    assert torch.equal(fast[..., 1], (1 - fy) * a * fx) and torch.equal(fast[..., 2], fy * a * (1 - fx))
