@@ -346,7 +346,7 @@ def run_config(args, report: Report, models, height: int, width: int, batch: int
                 "ours": lambda: ours_proc(images, return_tensors="pt"),
                 "theirs": lambda: theirs_proc(images, return_tensors="pt"),
             },
-            reps,
+            args.fast_reps,
             device,
         )
         report.rows.append(Row(name, "preprocessing", t["ours"], t["theirs"]))
@@ -422,7 +422,7 @@ def run_config(args, report: Report, models, height: int, width: int, batch: int
         if task not in tasks:
             continue
         with torch.inference_mode():
-            t = interleaved({"ours": fn_ours, "theirs": fn_theirs}, reps, device)
+            t = interleaved({"ours": fn_ours, "theirs": fn_theirs}, args.fast_reps, device)
         note = ""
         if task == "panoptic":
             with torch.inference_mode():
@@ -575,7 +575,8 @@ def render(report: Report, args, threads: int, device: torch.device, elapsed: fl
         ", random weights, 100 queries, 133 classes, 10 decoder predictions, 6 encoder layers"
         if not args.tiny
         else "- model: tiny test model (random weights)",
-        f"- repetitions: {args.reps} (training: {args.train_reps}) after one warm-up each, A/B interleaved, "
+        f"- repetitions: {args.reps} (training: {args.train_reps}; pre- and post-processing: "
+        f"{args.fast_reps}) after one warm-up each, A/B interleaved, "
         f"median wall-clock time; total benchmark time {elapsed / 60:.1f} min",
         f"- command: `python benchmarks/benchmark.py {' '.join(sys.argv[1:])}`",
         "",
@@ -650,6 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {','.join(TASKS)}")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per measurement")
     parser.add_argument("--train-reps", type=int, default=2)
+    parser.add_argument(
+        "--fast-reps",
+        type=int,
+        default=11,
+        help="repetitions of the sub-second measurements (pre- and post-processing): cheap, and noisier",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="1 repetition, 384x384:1 and 800x1333:1 only")
@@ -657,10 +664,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.reps, args.train_reps = 1, 1
+        args.reps, args.train_reps, args.fast_reps = 1, 1, 1
         args.configs, args.train_configs = "384x384:1,800x1333:1", "384x384:1"
     if args.tiny:
-        args.reps, args.train_reps = 1, 1
+        args.reps, args.train_reps, args.fast_reps = 1, 1, 1
         args.configs, args.train_configs = "64x96:2", "64x96:2"
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(args.tasks) - set(TASKS))

@@ -200,11 +200,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         ]
         for idx in reversed(range(self.num_fpn_levels)):
             name = self.fpn_features[idx]
-            # channels-last at 1/4 resolution: oneDNN convolves it without reordering to its blocked layout
-            # (buffers of tens of MB each) and faster; the outputs (mask features included) keep that layout
-            lateral = getattr(self, f"adapter_{idx + 1}")(
-                features[name].contiguous(memory_format=torch.channels_last)
-            )
+            lateral = getattr(self, f"adapter_{idx + 1}")(features[name])
             # outs[-1] is a transposed (channels-last) view of the encoder memory: interpolating it
             # contiguous takes the planar kernel, 6x faster here (values equal up to float rounding)
             top_down = F.interpolate(
