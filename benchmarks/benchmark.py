@@ -189,6 +189,22 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[float, 
     return float(rss.delta), "peak RSS delta, sampled every 2 ms"
 
 
+def row_with_memory(
+    name: str, task: str, times: dict[str, float], fns: dict[str, Callable[[], object]], device
+) -> Row:
+    """A timing row with each library's peak memory for one more call of its function."""
+    mem = {key: peak_memory(fn, device) for key, fn in fns.items()}
+    return Row(
+        name,
+        task,
+        times["ours"],
+        times["theirs"],
+        f"memory: {mem['ours'][1]}",
+        ours_mem=mem["ours"][0],
+        theirs_mem=mem["theirs"][0],
+    )
+
+
 def gemm_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 4096) -> float:
     """Measured matrix-multiply throughput (GFLOP/s) of one large square `torch.mm`, best of a few."""
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -368,19 +384,8 @@ def run_config(args, report: Report, models, height: int, width: int, batch: int
                 model(pixel_values)
 
         t = interleaved({"ours": lambda: fwd(ours), "theirs": lambda: fwd(theirs)}, reps, device)
-        pairs = (("ours", ours), ("theirs", theirs))
-        mem = {key: peak_memory(lambda m=m: fwd(m), device) for key, m in pairs}
-        report.rows.append(
-            Row(
-                name,
-                "forward",
-                t["ours"],
-                t["theirs"],
-                f"memory: {mem['ours'][1]}",
-                ours_mem=mem["ours"][0],
-                theirs_mem=mem["theirs"][0],
-            )
-        )
+        fwds = {key: (lambda m=m: fwd(m)) for key, m in (("ours", ours), ("theirs", theirs))}
+        report.rows.append(row_with_memory(name, "forward", t, fwds, device))
         flops = forward_flops(ours, pixel_values)
         report.flops_raw.append((name, flops, t["ours"], t["theirs"]))
 
@@ -504,18 +509,8 @@ def run_train(args, report, theirs, ours, pixel_values, name, device):
         for model in models.values():
             model.train()
         t = interleaved(steps, max(1, args.train_reps), device)
-        mem = {key: peak_memory(fn, device) for key, fn in steps.items()}
-        report.rows.append(
-            Row(
-                name,
-                "training step (fwd+bwd+AdamW)",
-                t["ours"],
-                t["theirs"],
-                f"memory: {mem['ours'][1]}",
-                ours_mem=mem["ours"][0],
-                theirs_mem=mem["theirs"][0],
-            )
-        )
+        plain = row_with_memory(name, "training step (fwd+bwd+AdamW)", t, steps, device)
+        report.rows.append(plain)
         # transformers' Mask2Former has no activation checkpointing (`activation_checkpointing_enable` fails):
         # m2f_hf with it against transformers as it is
         getattr(ours, "activation_checkpointing_enable", ours.gradient_checkpointing_enable)()
@@ -529,7 +524,7 @@ def run_train(args, report, theirs, ours, pixel_values, name, device):
                 t["theirs"],
                 "transformers has no gradient checkpointing for Mask2Former: its plain step",
                 ours_mem=ours_mem[0],
-                theirs_mem=mem["theirs"][0],
+                theirs_mem=plain.theirs_mem,
             )
         )
     finally:
