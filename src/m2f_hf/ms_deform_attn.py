@@ -129,7 +129,9 @@ def pad_value_levels(value: torch.Tensor, spatial_shapes: list[tuple[int, int]])
 
 
 def _layout(spatial_shapes, batch: int, heads: int, device, dtype):
-    """Constants of the gather: level sizes, per-(batch, head, level) row base, corner row offsets."""
+    """Constants of the gather: per-(batch, head, level) row base, (x, y) row strides, corner row offsets,
+    and the clamp bounds (low, high) of the sampling positions, each shaped to broadcast over
+    (B, Q, M, L, P, ·)."""
     pad = _PAD_BEFORE + _PAD_AFTER
     widths = [w + pad for _, w in spatial_shapes]
     sizes = [(h + pad) * (w + pad) for h, w in spatial_shapes]
@@ -144,7 +146,8 @@ def _layout(spatial_shapes, batch: int, heads: int, device, dtype):
     step = torch.tensor([[heads, wp * heads] for wp in widths], device=device, dtype=dtype)  # (x, y) strides
     corners = torch.tensor([[0, heads, wp * heads, wp * heads + heads] for wp in widths], device=device)
     size_xy = torch.tensor([[w, h] for h, w in spatial_shapes], device=device, dtype=dtype)
-    return base, step.view(1, 1, 1, levels, 1, 2), corners.view(1, 1, 1, levels, 1, 4), size_xy
+    bounds = (torch.full_like(size_xy, -1.0).view(1, 1, 1, levels, 1, 2), size_xy.view(1, 1, 1, levels, 1, 2))
+    return base, step.view(1, 1, 1, levels, 1, 2), corners.view(1, 1, 1, levels, 1, 4), bounds
 
 
 def deformable_sample(
@@ -175,11 +178,10 @@ def deformable_sample(
         return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights)
     block = min(queries, max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4)))
     # the clamp bounds as whole blocks: clamping against a broadcast over the small trailing (level, point,
-    # xy) dims runs ~20x slower than against a same-shape tensor
-    size_xy = layout[3].view(1, 1, 1, levels, 1, 2)
-    tiles = (torch.full_like(size_xy, -1.0), size_xy)  # one query's bounds first: expanding the 6-D
-    tiles = [tile.expand(1, 1, heads, levels, points, 2).contiguous() for tile in tiles]  # broadcast at once
-    bounds = tuple(tile.expand(1, block, -1, -1, -1, -1).contiguous() for tile in tiles)  # is ~20x slower
+    # xy) dims runs ~20x slower than against a same-shape tensor. Tiled for one query first: expanding the
+    # 6-D broadcast in one go is as slow.
+    tiles = [bound.expand(1, 1, heads, levels, points, 2).contiguous() for bound in layout[3]]
+    bounds = tuple(tile.expand(1, block, -1, -1, -1, -1).contiguous() for tile in tiles)
     if queries == block:
         return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights, bounds)
     out = padded_value.new_empty(batch, queries, heads * dim)
@@ -217,15 +219,13 @@ def _sample_block(
     padded_value, layout, index_dtype, pixel_xy, attention_weights, bounds=None
 ) -> torch.Tensor:
     """`deformable_sample` for the queries of `pixel_xy`, with the gather constants from `_layout` and
-    optionally the clamp `bounds` (low, high) already expanded to the block's shape."""
+    optionally its clamp `bounds` (low, high) already expanded to the block's shape."""
     batch, _, heads, dim = padded_value.shape
     _, queries, _, levels, points, _ = pixel_xy.shape
-    base, step, corners, size_xy = layout
+    base, step, corners, layout_bounds = layout
+    low, high = layout_bounds if bounds is None else bounds
     # clamping to [-1, size] keeps every corner inside the zero border without changing any in-map sample
-    if bounds is None:
-        size_xy = size_xy.view(1, 1, 1, levels, 1, 2)
-        bounds = (torch.full_like(size_xy, -1.0), size_xy)
-    pixel_xy = torch.clamp(pixel_xy, min=bounds[0], max=bounds[1])
+    pixel_xy = torch.clamp(pixel_xy, min=low, max=high)
     corner0 = pixel_xy.floor()
     frac = pixel_xy - corner0
     # relative row offsets are small integers, exact in float; the batch/level base is added as an integer
