@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from transformers import SwinConfig  # noqa: E402
 from m2f_hf.convert_transformers import convert_transformers_checkpoint  # noqa: E402
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor  # noqa: E402
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation  # noqa: E402
+from m2f_hf.ms_deform_attn_triton import KERNEL_ENV  # noqa: E402
 
 TASKS = ("preprocess", "forward", "semantic", "instance", "panoptic", "e2e", "train")
 SWIN_S = dict(embed_dim=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24], window_size=7)
@@ -712,11 +714,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_gpu_variants(args, report, models, configs, device):
-    """bf16/fp16 autocast and torch.compile forward timings (GPU only)."""
+    """bf16/fp16 autocast, torch.compile and PyTorch-gather (no Triton kernel) forward timings (GPU only)."""
     theirs, ours, ours_proc, _ = models
     for height, width, batch in configs:
         name = f"{height}×{width}, batch {batch}"
         pixel_values = torch.randn(batch, 3, height, width, device=device)
+
+        def gather_fwd(model, pixel_values=pixel_values):
+            with mock.patch.dict(os.environ, {KERNEL_ENV: "pytorch"}), torch.inference_mode():
+                model(pixel_values)
+
+        t = interleaved(
+            {"ours": lambda: gather_fwd(ours), "theirs": lambda: gather_fwd(theirs)}, args.reps, device
+        )
+        report.rows.append(Row(name, f"forward, m2f_hf with {KERNEL_ENV}=pytorch", t["ours"], t["theirs"]))
         for dtype in (torch.bfloat16, torch.float16):
 
             def fwd(model, dtype=dtype, pixel_values=pixel_values):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,5 +29,6 @@ def converted(name: str) -> Path:
 
     folder = FIXTURES / name
     out = Path(tempfile.mkdtemp(prefix=f"m2f_{name}_"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # leave no checkpoints behind
     convert_checkpoint(folder / "model_final.pkl", out, config_path=folder / "config.yaml", progress=False)
     return out

@@ -25,12 +25,13 @@ def test_add_blockwise_in_place_equals_whole():
     assert inference_blocks.rows_per_block(10**9) == 1
 
 
-def test_eager_inference_only_without_autograd():
+def test_blockwise_inference_only_on_cpu_without_autograd():
     weight = torch.nn.Parameter(torch.ones(2))
-    assert inference_blocks.eager_inference(torch.ones(2))
-    assert not inference_blocks.eager_inference(torch.ones(2), weight)
+    assert inference_blocks.blockwise_inference(torch.ones(2))
+    assert not inference_blocks.blockwise_inference(torch.ones(2), torch.ones(2, device="meta"))
+    assert not inference_blocks.blockwise_inference(torch.ones(2), weight)
     with torch.no_grad():
-        assert inference_blocks.eager_inference(torch.ones(2), weight)
+        assert inference_blocks.blockwise_inference(torch.ones(2), weight)
 
 
 def _count_calls(module: torch.nn.Module) -> list[int]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .inference_blocks import add_blockwise_, eager_inference, rows_per_block
+from .inference_blocks import add_blockwise_, blockwise_inference, rows_per_block
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 SHIFT_MASK_VALUE = -100.0  # the original's additive value between tokens of different shifted regions
@@ -183,7 +183,7 @@ class WindowAttention(nn.Module):
         high-resolution map would be hundreds of MB."""
         b, nw, n, c = windows.shape
         step = rows_per_block(b * n * 3 * c)
-        if nw <= step or not eager_inference(windows, self.qkv.weight):
+        if nw <= step or not blockwise_inference(windows, self.qkv.weight):
             return self._attend(windows, shift_mask)
         out = torch.empty_like(windows)
         for start in range(0, nw, step):
@@ -276,7 +276,7 @@ class SwinBlock(nn.Module):
         elif padded:
             y = y[:, :h, :w, :]
         x = x + self.drop_path(y)
-        if self.training or not eager_inference(x, self.mlp.fc1.weight):
+        if self.training or not blockwise_inference(x, self.mlp.fc1.weight):
             return x + self.drop_path(self.mlp(self.norm2(x)))
         # inference: the MLP residual is added in place a block of tokens at a time (`inference_blocks`)
         x = x.contiguous()

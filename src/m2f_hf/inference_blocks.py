@@ -3,8 +3,9 @@
 Why: a layer applied to a whole high-resolution feature map creates fresh temporaries of tens to hundreds
 of MB (an MLP's 4x-wide hidden layer, a window attention's q/k/v). Allocations that large are mapped
 fresh from the OS on every call and paid for in page faults; blocks of a few MB are recycled by the
-allocator and stay in cache. Blocking is used only where it is invisible: nothing needs gradients and no
-compiler or tracer is watching (a loop whose trip count depends on the input size would specialise it).
+allocator and stay in cache. Blocking is used only on the CPU, and only where it is invisible: nothing
+needs gradients and no compiler or tracer is watching (a loop whose trip count depends on the input size
+would specialise it).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def eager_inference(*tensors: torch.Tensor) -> bool:
-    """True when nothing needs gradients and no compiler or tracer is watching: the case where work may be
-    split into Python-level blocks."""
-    return not tracing() and not needs_grad(*tensors)
+def blockwise_inference(*tensors: torch.Tensor) -> bool:
+    """True when work may be split into Python-level blocks: the tensors are on the CPU (where the page
+    faults are; on a GPU the caching allocator reuses memory and the blocks would only add kernel launches),
+    nothing needs gradients, and no compiler or tracer is watching."""
+    return all(t.device.type == "cpu" for t in tensors) and not tracing() and not needs_grad(*tensors)
 
 
 def rows_per_block(row_elements: int, budget: int | None = None) -> int:

@@ -14,6 +14,9 @@ Training uses the same gather through `WeightedRowGather`, whose backward is wri
 `index_add_` for the value gradient, a gather-and-dot for the weight gradient): it saves only the row
 indices and weights instead of the (B·M, D, Q, L·P) samples that autograd through `grid_sample` keeps, and
 avoids `embedding_bag`'s slow CPU backward for per-sample weights.
+
+On CUDA, when Triton is installed, `deformable_sample` runs Triton kernels instead (`ms_deform_attn_triton`:
+the same layout and rule, corners computed in registers); `M2F_HF_DEFORMABLE_KERNEL=pytorch` turns them off.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inference_blocks import eager_inference, needs_grad, tracing
+from .inference_blocks import blockwise_inference, needs_grad, tracing
+from .ms_deform_attn_triton import TritonDeformableSample, use_triton
 
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
 # elements of the (rows, K, D) scratch buffer of the blocked backward (4 MB in float32)
@@ -150,6 +154,17 @@ def _layout(spatial_shapes, batch: int, heads: int, device, dtype):
     return base, step.view(1, 1, 1, levels, 1, 2), corners.view(1, 1, 1, levels, 1, 4), bounds
 
 
+def _level_table(spatial_shapes: list[tuple[int, int]], device) -> torch.Tensor:
+    """(L, 4) int64 per level of the padded table: row of pixel (0, 0) within one image, padded width,
+    width, height (the Triton kernels' view of `_layout`)."""
+    pad = _PAD_BEFORE + _PAD_AFTER
+    rows, start = [], 0
+    for height, width in spatial_shapes:
+        rows.append([start + _PAD_BEFORE * (width + pad) + _PAD_BEFORE, width + pad, width, height])
+        start += (height + pad) * (width + pad)
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
 def deformable_sample(
     padded_value: torch.Tensor,
     spatial_shapes: list[tuple[int, int]],
@@ -162,19 +177,24 @@ def deformable_sample(
     pixel units of each level (x, y; pixel centres at integers, i.e. location·size - 0.5);
     attention_weights: (B, Q, M, L, P). Returns (B, Q, M·D).
 
-    Without autograd (and outside torch.compile/export) queries go `_INFERENCE_BLOCK` gather entries at a
-    time, so the index and weight temporaries stay small and cache-resident instead of hundreds of MB.
+    Where `use_triton` says so (CUDA tensors with Triton installed, outside torch.compile/export) the
+    Triton kernels do the work. Otherwise, on CPU without autograd, queries go `_INFERENCE_BLOCK` gather
+    entries at a time, so the index and weight temporaries stay small and cache-resident instead of hundreds
+    of MB.
     """
     batch, _, heads, dim = padded_value.shape
     _, queries, _, levels, points, _ = pixel_xy.shape
     if len(spatial_shapes) != levels:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
+    if not tracing() and use_triton(padded_value):
+        levels_table = _level_table(spatial_shapes, padded_value.device)
+        return TritonDeformableSample.apply(padded_value, pixel_xy, attention_weights, levels_table)
     layout = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
     # int32 row indices (half the bytes of int64) in eager mode when the padded table is small enough;
     # int64 under compilers and exporters (ONNX's Concat rejects the mixed index types)
     small = padded_value.numel() // dim < 2**31
     index_dtype = torch.int32 if small and not tracing() else torch.int64
-    if not eager_inference(padded_value, pixel_xy, attention_weights):
+    if not blockwise_inference(padded_value, pixel_xy, attention_weights):
         return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights)
     block = min(queries, max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4)))
     # the clamp bounds as whole blocks: clamping against a broadcast over the small trailing (level, point,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone_resnet import ConvNorm
-from .inference_blocks import eager_inference, rows_per_block
+from .inference_blocks import blockwise_inference, rows_per_block
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import SinePositionEmbedding
 
@@ -38,7 +38,7 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, src, pos, reference_points, spatial_shapes):
-        if self.training or not eager_inference(src, self.linear1.weight):
+        if self.training or not blockwise_inference(src, self.linear1.weight):
             attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
             src = self.norm1(src + self.dropout1(attended))
             return self.norm2(src + self.dropout3(self._ffn(src)))

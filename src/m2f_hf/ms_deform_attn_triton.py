@@ -1,0 +1,233 @@
+"""Multi-scale deformable sampling as Triton kernels (forward and backward), used on GPUs.
+
+The PyTorch gather in `ms_deform_attn` builds index and weight tensors of B·Q·M·L·P·4 entries in memory
+before `embedding_bag` reads them; here each program computes the corners and weights of a block of
+queries of one (image, head) in registers and reads the four corner rows straight from the padded value
+table. The layout and the sampling rule are the same as the PyTorch gather's: levels framed by a zero
+border, positions clamped to [-1, size], so no corner needs a bounds test. The backward accumulates the
+value gradient with atomic adds (as the original CUDA op does: the summation order, and so the last bits
+of that gradient, vary between runs).
+
+Selection (`use_triton`) follows `M2F_HF_DEFORMABLE_KERNEL`: "auto" (default: Triton for CUDA tensors
+in float32/float16/bfloat16 when Triton imports), "triton" (always; on CPU only under Triton's
+interpreter, `TRITON_INTERPRET=1`, which is how the tests run these kernels) or "pytorch" (never). The
+kernels accumulate in float32, so float64 stays on the PyTorch gather.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # Triton is optional: the PyTorch gather covers every device
+    triton = None
+
+KERNEL_ENV = "M2F_HF_DEFORMABLE_KERNEL"
+_CHOICES = ("auto", "triton", "pytorch")
+# queries per program: a (BLOCK_Q, head_dim) tile of the output
+_BLOCK_Q = 64
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether the deformable sampling of `tensor` runs through the Triton kernels (see module doc)."""
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(f"{KERNEL_ENV}={choice!r}: expected one of {', '.join(_CHOICES)}")
+    if choice == "pytorch":
+        return False
+    if choice == "auto":
+        return triton is not None and tensor.is_cuda and tensor.dtype in _DTYPES
+    if triton is None:
+        raise RuntimeError(f"{KERNEL_ENV}=triton, but the triton package is not installed")
+    if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise RuntimeError(
+            f"{KERNEL_ENV}=triton needs CUDA tensors (or TRITON_INTERPRET=1 to interpret the kernels on the "
+            f"CPU); got a tensor on {tensor.device}"
+        )
+    if tensor.dtype not in _DTYPES:
+        raise RuntimeError(f"{KERNEL_ENV}=triton computes in float32 and below; got {tensor.dtype}")
+    return True
+
+
+if triton is not None:
+
+    @triton.jit
+    def _corner(
+        xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M: tl.constexpr, D: tl.constexpr, P: tl.constexpr
+    ):
+        """Offset of the top-left corner's first channel, the row step down one pixel, the clamped
+        fractional position (fx, fy), the attention weight, and whether x and y were inside the clamp
+        bounds (where their gradient passes)."""
+        first = tl.load(levels + 4 * l)
+        padded_width = tl.load(levels + 4 * l + 1)
+        width = tl.load(levels + 4 * l + 2).to(tl.float32)
+        height = tl.load(levels + 4 * l + 3).to(tl.float32)
+        i = entry + l * P + p
+        x = tl.load(xy + 2 * i, mask=q_ok, other=0.0).to(tl.float32)
+        y = tl.load(xy + 2 * i + 1, mask=q_ok, other=0.0).to(tl.float32)
+        a = tl.load(attn + i, mask=q_ok, other=0.0).to(tl.float32)
+        x_in = (x >= -1.0) & (x <= width)
+        y_in = (y >= -1.0) & (y <= height)
+        x = tl.minimum(tl.maximum(x, -1.0), width)
+        y = tl.minimum(tl.maximum(y, -1.0), height)
+        x0 = tl.floor(x)
+        y0 = tl.floor(y)
+        pixel = first + y0.to(tl.int64) * padded_width + x0.to(tl.int64)
+        offset = ((b * S_pad + pixel) * M + m) * D
+        return offset, padded_width * M * D, x - x0, y - y0, a, x_in, y_in
+
+    @triton.jit
+    def _forward_kernel(
+        value,
+        xy,
+        attn,
+        levels,
+        out,
+        Q,
+        S_pad,
+        M: tl.constexpr,
+        D: tl.constexpr,
+        L: tl.constexpr,
+        P: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        b = tl.program_id(1) // M
+        m = tl.program_id(1) % M
+        q_ok = q < Q
+        d = tl.arange(0, BLOCK_D)
+        tile_ok = q_ok[:, None] & (d < D)[None, :]
+        entry = ((b * Q + q) * M + m).to(tl.int64) * (L * P)
+        acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
+        for l in tl.static_range(L):
+            for p in tl.static_range(P):
+                offset, down, fx, fy, a, _, _ = _corner(
+                    xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M, D, P
+                )
+                top = value + offset[:, None] + d[None, :]
+                v00 = tl.load(top, mask=tile_ok, other=0.0).to(tl.float32)
+                v01 = tl.load(top + M * D, mask=tile_ok, other=0.0).to(tl.float32)
+                v10 = tl.load(top + down, mask=tile_ok, other=0.0).to(tl.float32)
+                v11 = tl.load(top + down + M * D, mask=tile_ok, other=0.0).to(tl.float32)
+                wy0 = (1.0 - fy) * a
+                wy1 = fy * a
+                acc += (wy0 * (1.0 - fx))[:, None] * v00 + (wy0 * fx)[:, None] * v01
+                acc += (wy1 * (1.0 - fx))[:, None] * v10 + (wy1 * fx)[:, None] * v11
+        rows = ((b * Q + q) * M + m).to(tl.int64) * D
+        tl.store(out + rows[:, None] + d[None, :], acc.to(out.dtype.element_ty), mask=tile_ok)
+
+    @triton.jit
+    def _backward_kernel(
+        value,
+        xy,
+        attn,
+        levels,
+        grad_out,
+        grad_value,
+        grad_xy,
+        grad_attn,
+        Q,
+        S_pad,
+        M: tl.constexpr,
+        D: tl.constexpr,
+        L: tl.constexpr,
+        P: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        b = tl.program_id(1) // M
+        m = tl.program_id(1) % M
+        q_ok = q < Q
+        d = tl.arange(0, BLOCK_D)
+        tile_ok = q_ok[:, None] & (d < D)[None, :]
+        entry = ((b * Q + q) * M + m).to(tl.int64) * (L * P)
+        rows = ((b * Q + q) * M + m).to(tl.int64) * D
+        g = tl.load(grad_out + rows[:, None] + d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        for l in tl.static_range(L):
+            for p in tl.static_range(P):
+                offset, down, fx, fy, a, x_in, y_in = _corner(
+                    xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M, D, P
+                )
+                top = offset[:, None] + d[None, :]
+                # ∂out/∂(corner value) · grad_out, one dot product per corner
+                g00 = tl.sum(g * tl.load(value + top, mask=tile_ok, other=0.0).to(tl.float32), axis=1)
+                g01 = tl.sum(g * tl.load(value + top + M * D, mask=tile_ok, other=0.0).to(tl.float32), axis=1)
+                g10 = tl.sum(g * tl.load(value + top + down, mask=tile_ok, other=0.0).to(tl.float32), axis=1)
+                g11 = tl.sum(
+                    g * tl.load(value + top + down + M * D, mask=tile_ok, other=0.0).to(tl.float32), axis=1
+                )
+                i = entry + l * P + p
+                top_row = (1.0 - fx) * g00 + fx * g01
+                bottom_row = (1.0 - fx) * g10 + fx * g11
+                tl.store(grad_attn + i, (1.0 - fy) * top_row + fy * bottom_row, mask=q_ok)
+                grad_x = a * ((1.0 - fy) * (g01 - g00) + fy * (g11 - g10))
+                grad_y = a * (bottom_row - top_row)
+                tl.store(grad_xy + 2 * i, tl.where(x_in, grad_x, 0.0), mask=q_ok)
+                tl.store(grad_xy + 2 * i + 1, tl.where(y_in, grad_y, 0.0), mask=q_ok)
+                wy0 = (1.0 - fy) * a
+                wy1 = fy * a
+                tl.atomic_add(grad_value + top, (wy0 * (1.0 - fx))[:, None] * g, mask=tile_ok)
+                tl.atomic_add(grad_value + top + M * D, (wy0 * fx)[:, None] * g, mask=tile_ok)
+                tl.atomic_add(grad_value + top + down, (wy1 * (1.0 - fx))[:, None] * g, mask=tile_ok)
+                tl.atomic_add(grad_value + top + down + M * D, (wy1 * fx)[:, None] * g, mask=tile_ok)
+
+
+def _launch_shape(padded_value: torch.Tensor, pixel_xy: torch.Tensor):
+    batch, padded_rows, heads, dim = padded_value.shape
+    _, queries, _, levels, points, _ = pixel_xy.shape
+    grid = (triton.cdiv(queries, _BLOCK_Q), batch * heads)
+    sizes = dict(M=heads, D=dim, L=levels, P=points, BLOCK_Q=_BLOCK_Q, BLOCK_D=triton.next_power_of_2(dim))
+    return grid, queries, padded_rows, sizes
+
+
+class TritonDeformableSample(torch.autograd.Function):
+    """`deformable_sample` (see `ms_deform_attn`) through the Triton kernels. `levels` is the (L, 4) int64
+    table of (first row, padded width, width, height) per level."""
+
+    @staticmethod
+    def forward(ctx, padded_value, pixel_xy, attention_weights, levels):
+        padded_value, pixel_xy = padded_value.contiguous(), pixel_xy.contiguous()
+        attention_weights = attention_weights.contiguous()
+        grid, queries, padded_rows, sizes = _launch_shape(padded_value, pixel_xy)
+        batch, heads, dim = padded_value.shape[0], sizes["M"], sizes["D"]
+        out = padded_value.new_empty(batch, queries, heads * dim)
+        _forward_kernel[grid](
+            padded_value, pixel_xy, attention_weights, levels, out, queries, padded_rows, **sizes
+        )
+        ctx.save_for_backward(padded_value, pixel_xy, attention_weights, levels)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        padded_value, pixel_xy, attention_weights, levels = ctx.saved_tensors
+        grid, queries, padded_rows, sizes = _launch_shape(padded_value, pixel_xy)
+        grad_value = torch.zeros(padded_value.shape, dtype=torch.float32, device=padded_value.device)
+        grad_xy = torch.empty(pixel_xy.shape, dtype=torch.float32, device=pixel_xy.device)
+        grad_attn = torch.empty(attention_weights.shape, dtype=torch.float32, device=pixel_xy.device)
+        _backward_kernel[grid](
+            padded_value,
+            pixel_xy,
+            attention_weights,
+            levels,
+            grad_out.contiguous(),
+            grad_value,
+            grad_xy,
+            grad_attn,
+            queries,
+            padded_rows,
+            **sizes,
+        )
+        return (
+            grad_value.to(padded_value.dtype),
+            grad_xy.to(pixel_xy.dtype),
+            grad_attn.to(attention_weights.dtype),
+            None,
+        )
