@@ -82,6 +82,38 @@ if triton is not None:
         return offset, padded_width * M * D, x - x0, y - y0, a, x_in, y_in
 
     @triton.jit
+    def _tile(
+        Q,
+        M: tl.constexpr,
+        D: tl.constexpr,
+        L: tl.constexpr,
+        P: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """This program's (image, head), its query mask, its (BLOCK_Q, BLOCK_D) tile mask, the first
+        sampling entry of each query and the tile's offsets in the (B, Q, M·D) output."""
+        q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        b = tl.program_id(1) // M
+        m = tl.program_id(1) % M
+        q_ok = q < Q
+        d = tl.arange(0, BLOCK_D)
+        tile_ok = q_ok[:, None] & (d < D)[None, :]
+        query_head = ((b * Q + q) * M + m).to(tl.int64)
+        return b, m, q_ok, d, tile_ok, query_head * (L * P), query_head[:, None] * D + d[None, :]
+
+    @triton.jit
+    def _corner_values(value, offset, down, d, tile_ok, M: tl.constexpr, D: tl.constexpr):
+        """The four corners' (BLOCK_Q, BLOCK_D) value tiles in float32: top-left, top-right, bottom-left,
+        bottom-right."""
+        top = value + offset[:, None] + d[None, :]
+        v00 = tl.load(top, mask=tile_ok, other=0.0).to(tl.float32)
+        v01 = tl.load(top + M * D, mask=tile_ok, other=0.0).to(tl.float32)
+        v10 = tl.load(top + down, mask=tile_ok, other=0.0).to(tl.float32)
+        v11 = tl.load(top + down + M * D, mask=tile_ok, other=0.0).to(tl.float32)
+        return v00, v01, v10, v11
+
+    @triton.jit
     def _forward_kernel(
         value,
         xy,
@@ -97,30 +129,19 @@ if triton is not None:
         BLOCK_Q: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        b = tl.program_id(1) // M
-        m = tl.program_id(1) % M
-        q_ok = q < Q
-        d = tl.arange(0, BLOCK_D)
-        tile_ok = q_ok[:, None] & (d < D)[None, :]
-        entry = ((b * Q + q) * M + m).to(tl.int64) * (L * P)
+        b, m, q_ok, d, tile_ok, entry, out_tile = _tile(Q, M, D, L, P, BLOCK_Q, BLOCK_D)
         acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
         for l in tl.static_range(L):
             for p in tl.static_range(P):
                 offset, down, fx, fy, a, _, _ = _corner(
                     xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M, D, P
                 )
-                top = value + offset[:, None] + d[None, :]
-                v00 = tl.load(top, mask=tile_ok, other=0.0).to(tl.float32)
-                v01 = tl.load(top + M * D, mask=tile_ok, other=0.0).to(tl.float32)
-                v10 = tl.load(top + down, mask=tile_ok, other=0.0).to(tl.float32)
-                v11 = tl.load(top + down + M * D, mask=tile_ok, other=0.0).to(tl.float32)
+                v00, v01, v10, v11 = _corner_values(value, offset, down, d, tile_ok, M, D)
                 wy0 = (1.0 - fy) * a
                 wy1 = fy * a
                 acc += (wy0 * (1.0 - fx))[:, None] * v00 + (wy0 * fx)[:, None] * v01
                 acc += (wy1 * (1.0 - fx))[:, None] * v10 + (wy1 * fx)[:, None] * v11
-        rows = ((b * Q + q) * M + m).to(tl.int64) * D
-        tl.store(out + rows[:, None] + d[None, :], acc.to(out.dtype.element_ty), mask=tile_ok)
+        tl.store(out + out_tile, acc.to(out.dtype.element_ty), mask=tile_ok)
 
     @triton.jit
     def _backward_kernel(
@@ -141,28 +162,19 @@ if triton is not None:
         BLOCK_Q: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        b = tl.program_id(1) // M
-        m = tl.program_id(1) % M
-        q_ok = q < Q
-        d = tl.arange(0, BLOCK_D)
-        tile_ok = q_ok[:, None] & (d < D)[None, :]
-        entry = ((b * Q + q) * M + m).to(tl.int64) * (L * P)
-        rows = ((b * Q + q) * M + m).to(tl.int64) * D
-        g = tl.load(grad_out + rows[:, None] + d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        b, m, q_ok, d, tile_ok, entry, out_tile = _tile(Q, M, D, L, P, BLOCK_Q, BLOCK_D)
+        g = tl.load(grad_out + out_tile, mask=tile_ok, other=0.0).to(tl.float32)
         for l in tl.static_range(L):
             for p in tl.static_range(P):
                 offset, down, fx, fy, a, x_in, y_in = _corner(
                     xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M, D, P
                 )
-                top = offset[:, None] + d[None, :]
-                # ∂out/∂(corner value) · grad_out, one dot product per corner
-                g00 = tl.sum(g * tl.load(value + top, mask=tile_ok, other=0.0).to(tl.float32), axis=1)
-                g01 = tl.sum(g * tl.load(value + top + M * D, mask=tile_ok, other=0.0).to(tl.float32), axis=1)
-                g10 = tl.sum(g * tl.load(value + top + down, mask=tile_ok, other=0.0).to(tl.float32), axis=1)
-                g11 = tl.sum(
-                    g * tl.load(value + top + down + M * D, mask=tile_ok, other=0.0).to(tl.float32), axis=1
-                )
+                v00, v01, v10, v11 = _corner_values(value, offset, down, d, tile_ok, M, D)
+                # grad_out · (each corner's values): what a unit of that corner's weight adds
+                g00 = tl.sum(g * v00, axis=1)
+                g01 = tl.sum(g * v01, axis=1)
+                g10 = tl.sum(g * v10, axis=1)
+                g11 = tl.sum(g * v11, axis=1)
                 i = entry + l * P + p
                 top_row = (1.0 - fx) * g00 + fx * g01
                 bottom_row = (1.0 - fx) * g10 + fx * g11
@@ -173,10 +185,11 @@ if triton is not None:
                 tl.store(grad_xy + 2 * i + 1, tl.where(y_in, grad_y, 0.0), mask=q_ok)
                 wy0 = (1.0 - fy) * a
                 wy1 = fy * a
-                tl.atomic_add(grad_value + top, (wy0 * (1.0 - fx))[:, None] * g, mask=tile_ok)
-                tl.atomic_add(grad_value + top + M * D, (wy0 * fx)[:, None] * g, mask=tile_ok)
-                tl.atomic_add(grad_value + top + down, (wy1 * (1.0 - fx))[:, None] * g, mask=tile_ok)
-                tl.atomic_add(grad_value + top + down + M * D, (wy1 * fx)[:, None] * g, mask=tile_ok)
+                top = grad_value + offset[:, None] + d[None, :]
+                tl.atomic_add(top, (wy0 * (1.0 - fx))[:, None] * g, mask=tile_ok)
+                tl.atomic_add(top + M * D, (wy0 * fx)[:, None] * g, mask=tile_ok)
+                tl.atomic_add(top + down, (wy1 * (1.0 - fx))[:, None] * g, mask=tile_ok)
+                tl.atomic_add(top + down + M * D, (wy1 * fx)[:, None] * g, mask=tile_ok)
 
 
 def _launch_shape(padded_value: torch.Tensor, pixel_xy: torch.Tensor):
