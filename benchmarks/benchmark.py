@@ -515,22 +515,27 @@ def run_train(args, report, theirs, ours, pixel_values, name, device):
         report.rows.append(plain)
         # transformers' Mask2Former has no activation checkpointing (`activation_checkpointing_enable` fails):
         # m2f_hf with it against transformers as it is
-        getattr(ours, "activation_checkpointing_enable", ours.gradient_checkpointing_enable)()
-        t = interleaved(steps, max(1, args.train_reps), device)
-        ours_mem = peak_memory(steps["ours"], device)
-        report.rows.append(
-            Row(
-                name,
-                "training step, m2f_hf with gradient checkpointing",
-                t["ours"],
-                t["theirs"],
-                "transformers has no gradient checkpointing for Mask2Former: its plain step",
-                ours_mem=ours_mem[0],
-                theirs_mem=plain.theirs_mem,
-            )
-        )
+        enable_all = getattr(ours, "activation_checkpointing_enable", ours.gradient_checkpointing_enable)
+        disable_all = getattr(ours, "activation_checkpointing_disable", ours.gradient_checkpointing_disable)
+        variants = [
+            ("with gradient checkpointing", enable_all, disable_all),
+            (
+                "checkpointing the high-resolution layers",
+                ours.checkpoint_high_resolution_layers,
+                lambda: ours.checkpoint_high_resolution_layers(enable=False),
+            ),
+        ]
+        for label, enable, disable in variants:
+            enable()
+            try:
+                t = interleaved(steps, max(1, args.train_reps), device)
+                ours_mem = peak_memory(steps["ours"], device)
+            finally:
+                disable()
+            note = "transformers has no gradient checkpointing for Mask2Former: its plain step"
+            task = f"training step, m2f_hf {label}"
+            report.rows.append(Row(name, task, t["ours"], t["theirs"], note, ours_mem[0], plain.theirs_mem))
     finally:
-        getattr(ours, "activation_checkpointing_disable", ours.gradient_checkpointing_disable)()
         for key, model in models.items():
             model.load_state_dict(saved[key])
             model.eval()

@@ -156,8 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--find_unused_parameters", action="store_true")
     optim.add_argument(
         "--gradient_checkpointing",
-        action="store_true",
-        help="recompute backbone blocks, encoder and decoder layers in the backward (less memory, slower)",
+        nargs="?",
+        const="all",
+        choices=["all", "high_resolution"],
+        help="recompute layers in the backward (less memory, slower): all = backbone blocks, encoder and "
+        "decoder layers (the default when given alone); high_resolution = the 1/4 and 1/8 Swin stages and "
+        "the deformable encoder, which keep the most activations per FLOP",
     )
     optim.add_argument(
         "--cpu",
@@ -490,7 +494,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_config = Mask2FormerConfig.from_pretrained(args.model) if args.model else None
     train_source, eval_source = load_data(args, model_config)
     model = build_model(args, train_source.labels)
-    if args.gradient_checkpointing:
+    if args.gradient_checkpointing == "high_resolution":
+        model.checkpoint_high_resolution_layers()
+    elif args.gradient_checkpointing:
         # transformers >= 5.x names it activation checkpointing; older 5.x only has the gradient_ alias
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     config = model.config

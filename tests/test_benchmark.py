@@ -35,6 +35,7 @@ def test_benchmark_tiny_runs_end_to_end(tmp_path):
     ):
         assert f"| {task}" in text, task
     assert "| training step, m2f_hf with gradient checkpointing" in text
+    assert "| training step, m2f_hf checkpointing the high-resolution layers" in text
     assert "peak bytes of live tensors" in text  # the profiler-based memory measure works on this torch
     forward = next(x for x in text.splitlines() if "| forward |" in x).split("|")
     assert float(forward[6]) > 0 and float(forward[7]) > 0  # inference peak MB of both libraries

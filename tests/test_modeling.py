@@ -170,3 +170,43 @@ def test_wrong_pixel_values_shape():
     model = Mask2FormerModel(tiny_config("resnet_basic")).eval()
     with pytest.raises(ValueError, match="pixel_values"):
         model(torch.randn(3, 64, 64))
+
+
+def test_high_resolution_checkpointing_recomputes_only_those_layers_with_the_same_gradients():
+    torch.manual_seed(0)
+    model = Mask2FormerModel(tiny_config("swin")).train()
+    x = torch.randn(1, 3, 64, 64)
+    backbone = model.backbone
+    calls = {name: [0] for name in ("stage0", "stage2", "encoder", "decoder")}
+    watched = {
+        "stage0": backbone.layers[0].blocks[0],
+        "stage2": backbone.layers[2].blocks[0],
+        "encoder": model.pixel_decoder.transformer.encoder.layers[0],
+        "decoder": model.transformer_decoder.transformer_ffn_layers[0],
+    }
+    for name, module in watched.items():
+        # a pre-hook: the recomputation stops early, once it has rebuilt what the backward needs
+        module.register_forward_pre_hook(lambda *_, count=calls[name]: count.__setitem__(0, count[0] + 1))
+
+    def grads():
+        torch.manual_seed(1)  # drop path is random in training: same draws for both runs
+        model.zero_grad()
+        for count in calls.values():
+            count[0] = 0
+        out = model(x)
+        (out.class_queries_logits.sum() + out.masks_queries_logits.sum()).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    assert {name: count[0] for name, count in calls.items()} == dict.fromkeys(calls, 1)
+    names = model.checkpoint_high_resolution_layers()
+    assert names == ["backbone.layers.0", "backbone.layers.1", "pixel_decoder.transformer.encoder"]
+    checkpointed = grads()
+    # the checkpointed layers ran again in the backward pass, the others once
+    assert {name: count[0] for name, count in calls.items()} == dict(stage0=2, stage2=1, encoder=2, decoder=1)
+    assert len(plain) == len(checkpointed)
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.checkpoint_high_resolution_layers(enable=False)
+    grads()
+    assert {name: count[0] for name, count in calls.items()} == dict.fromkeys(calls, 1)

@@ -306,6 +306,17 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
+def checkpoint_function(module: nn.Module) -> Callable | None:
+    """The function that recomputes `module`'s blocks in the backward pass, or None when its
+    `gradient_checkpointing` flag is off or nothing is being trained. transformers'
+    `activation_checkpointing_enable` installs its own function on every module that has the flag; otherwise
+    torch's non-reentrant checkpoint."""
+    if not (module.gradient_checkpointing and module.training and torch.is_grad_enabled()):
+        return None
+    fn = getattr(module, "_gradient_checkpointing_func", None)
+    return fn or functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+
+
 class SwinStage(nn.Module):
     """Blocks of one resolution (even: regular windows, odd: shifted) plus the optional patch merging."""
 
@@ -343,6 +354,7 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
         self._mask_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.gradient_checkpointing = False  # recompute this stage's blocks in the backward pass
 
     def shift_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor | None:
         """The -100 mask for this stage's padded size, cached per (Hp, Wp, device)."""
@@ -368,8 +380,11 @@ class SwinStage(nn.Module):
     def forward(
         self, x: torch.Tensor, checkpoint_fn: Callable | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, H, W, C). Returns the stage output and the merged map for the next stage (or None)."""
+        """x: (B, H, W, C). Returns the stage output and the merged map for the next stage (or None).
+        The blocks are recomputed in the backward pass with `checkpoint_fn` (the backbone's) or, without
+        it, when this stage's own `gradient_checkpointing` flag is on."""
         mask = self.shift_mask(x.shape[1], x.shape[2], x.device)
+        checkpoint_fn = checkpoint_fn or checkpoint_function(self)
         for block in self.blocks:
             x = checkpoint_fn(block, x, mask) if checkpoint_fn is not None else block(x, mask)
         return x, (self.downsample(x) if self.downsample is not None else None)
@@ -400,7 +415,8 @@ class SwinBackbone(nn.Module):
     """Swin Transformer returning res2..res5 channels-first, as the original `D2SwinTransformer`.
 
     Parameter names equal the original's state dict without its `backbone.` prefix. Set
-    `gradient_checkpointing = True` to recompute each block in the backward pass while training.
+    `gradient_checkpointing = True` to recompute each block in the backward pass while training, or set it on
+    single stages (`layers[i]`).
     """
 
     def __init__(
@@ -491,14 +507,6 @@ class SwinBackbone(nn.Module):
             if isinstance(module, WindowAttention):
                 module.reset_relative_position_index()
 
-    def _checkpoint_fn(self) -> Callable | None:
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return None
-        # transformers' `activation_checkpointing_enable` installs its own function on every module that has
-        # a `gradient_checkpointing` attribute; otherwise use torch's non-reentrant checkpoint
-        fn = getattr(self, "_gradient_checkpointing_func", None)
-        return fn or functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
-
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, in_chans, H, W) -> {"res2": (B, C, ceil(H/4), ..), ..., "res5": (B, 8C, .., ..)}."""
         if not isinstance(pixel_values, torch.Tensor):
@@ -516,7 +524,7 @@ class SwinBackbone(nn.Module):
             x = x + F.interpolate(self.absolute_pos_embed, size=x.shape[-2:], mode="bicubic")
         x = self.pos_drop(x.permute(0, 2, 3, 1))  # channels-last from here on
 
-        checkpoint_fn = self._checkpoint_fn()
+        checkpoint_fn = checkpoint_function(self)
         features = {}
         for i, (name, stage) in enumerate(zip(FEATURE_NAMES, self.layers, strict=True)):
             out, x = stage(x, checkpoint_fn)

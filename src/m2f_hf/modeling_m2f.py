@@ -12,11 +12,11 @@ from transformers.utils import ModelOutput
 
 from .backbone import build_backbone
 from .backbone_resnet import FrozenBatchNorm2d
-from .backbone_swin import WindowAttention, relative_position_index
+from .backbone_swin import SwinBackbone, WindowAttention, relative_position_index
 from .configuration_m2f import Mask2FormerConfig
 from .criterion import Mask2FormerLoss
 from .ms_deform_attn import MSDeformAttn
-from .pixel_decoder import DeformableTransformer, MSDeformAttnPixelDecoder
+from .pixel_decoder import DeformableEncoder, DeformableTransformer, MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedTransformerDecoder
 
 
@@ -133,6 +133,25 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, std=self.config.init_std)
             if module.bias is not None:
                 init.zeros_(module.bias)
+
+    def checkpoint_high_resolution_layers(self, enable: bool = True) -> list[str]:
+        """Recompute in the backward pass only the layers that keep the most activations per FLOP: the Swin
+        stages at 1/4 and 1/8 resolution and the deformable encoder (what `activation_checkpointing_enable`
+        recomputes besides them, Swin's deeper stages and the decoder, costs more FLOPs per byte saved).
+        Returns the names of the modules switched. The numbers are those of plain training (tests compare
+        the gradients); `docs/benchmarks.md` shows the memory and time."""
+        names = []
+        for name, module in self.named_modules():
+            if isinstance(module, SwinBackbone):
+                targets = [(f"{name}.layers.{i}", stage) for i, stage in enumerate(module.layers[:2])]
+            elif isinstance(module, DeformableEncoder):
+                targets = [(name, module)]
+            else:
+                continue
+            for target_name, target in targets:
+                target.gradient_checkpointing = enable
+                names.append(target_name)
+        return names
 
 
 class Mask2FormerModel(Mask2FormerPreTrainedModel):

@@ -194,12 +194,17 @@ def deformable_sample(
     # int64 under compilers and exporters (ONNX's Concat rejects the mixed index types)
     small = padded_value.numel() // dim < 2**31
     index_dtype = torch.int32 if small and not tracing() else torch.int64
-    if not blockwise_inference(padded_value, pixel_xy, attention_weights):
+    if tracing():  # a compiler fuses the broadcasts itself
         return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights)
-    block = min(queries, max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4)))
+    blockwise = blockwise_inference(padded_value, pixel_xy, attention_weights)
+    block = (
+        min(queries, max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4)))
+        if blockwise
+        else queries
+    )
     # the clamp bounds as whole blocks: clamping against a broadcast over the small trailing (level, point,
-    # xy) dims runs ~20x slower than against a same-shape tensor. Tiled for one query first: expanding the
-    # 6-D broadcast in one go is as slow.
+    # xy) dims runs ~20x slower than against a same-shape tensor, forward and backward. Tiled for one query
+    # first: expanding the 6-D broadcast in one go is as slow.
     tiles = [bound.expand(1, 1, heads, levels, points, 2).contiguous() for bound in layout[3]]
     bounds = tuple(tile.expand(1, block, -1, -1, -1, -1).contiguous() for tile in tiles)
     if queries == block:
@@ -245,7 +250,15 @@ def _sample_block(
     base, step, corners, layout_bounds = layout
     low, high = layout_bounds if bounds is None else bounds
     # clamping to [-1, size] keeps every corner inside the zero border without changing any in-map sample
-    pixel_xy = torch.clamp(pixel_xy, min=low, max=high)
+    if needs_grad(pixel_xy):
+        # torch.clamp's own backward would keep the positions and both (tiled) bounds: keep only where the
+        # position was inside, which is all its gradient (the same as clamp's) needs
+        with torch.no_grad():
+            inside = (pixel_xy >= low) & (pixel_xy <= high)
+            clamped = torch.clamp(pixel_xy, min=low, max=high)
+        pixel_xy = torch.where(inside, pixel_xy, clamped)
+    else:
+        pixel_xy = torch.clamp(pixel_xy, min=low, max=high)
     corner0 = pixel_xy.floor()
     frac = pixel_xy - corner0
     # relative row offsets are small integers, exact in float; the batch/level base is added as an integer

@@ -58,8 +58,11 @@ class DeformableEncoderLayer(nn.Module):
         return out
 
     def _ffn(self, src: torch.Tensor) -> torch.Tensor:
-        """linear2(dropout(relu(linear1(x))))."""
-        return self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
+        """linear2(dropout(relu(linear1(x)))). The ReLU is in place only without autograd: linear1's output is
+        a view of its 2-D product, and autograd replays an in-place op on a view with two full-size copies
+        and a zero-filled buffer in the backward (~65 ms per layer at 384x384)."""
+        hidden = self.linear1(src)
+        return self.linear2(self.dropout2(F.relu(hidden, inplace=not hidden.requires_grad)))
 
 
 class DeformableEncoder(nn.Module):
