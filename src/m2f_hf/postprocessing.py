@@ -373,7 +373,8 @@ def _query_chunks(
     """Yield (slice into `queries`, (n, H, W) mask logits of those queries) `chunk` queries at a time.
 
     `mask_logits` is either the (Q, H, W) stack at the output size or a function mapping query indices to
-    their fresh (n, H, W) logits (e.g. upsampling only those queries, see `query_masks`)."""
+    their fresh (n, H, W) logits (e.g. upsampling only those queries, see `query_masks`). Either way each
+    yielded chunk is a tensor of its own (indexing copies), so the caller may overwrite it."""
     for start in range(0, queries.numel(), chunk):
         part = slice(start, start + chunk)
         index = queries[part]
@@ -432,7 +433,7 @@ def panoptic_inference(
     original_area = torch.zeros(num_queries, dtype=torch.long, device=device)
     for part, logits in _query_chunks(mask_logits, visited, _chunk_size(chunk, height * width)):
         queries = visited[part]
-        prob_masks = logits.sigmoid()
+        prob_masks = logits.sigmoid_()  # the chunk's own logits (see `_query_chunks`)
         own = prob_masks >= mask_threshold
         original_area[queries] = _count(own).long()
         prob_masks.mul_(scores[queries][:, None, None])
@@ -530,8 +531,10 @@ def instance_detections(
     for part, logits in _query_chunks(mask_logits, distinct, _chunk_size(chunk, height * width)):
         binary = torch.gt(logits, logit_threshold, out=masks[part])
         inside = _count(binary).float()
-        # the original's sigmoid x (0/1 mask) without a float copy of the mask: sigmoid(-inf) is exactly 0
-        probs = torch.where(binary, logits, -math.inf).sigmoid_()
+        # the original's sigmoid x (0/1 mask) without a float copy of the mask: sigmoid(-inf) is exactly 0.
+        # In place: the chunk's logits are this loop's own (see `_query_chunks`), and a fresh chunk-sized
+        # result would cost more in page faults than the arithmetic
+        probs = torch.where(binary, logits, logits.new_full((), -math.inf), out=logits).sigmoid_()
         mask_scores[part] = probs.sum(dim=(1, 2)) / (inside + 1e-6)
     scores = top_scores * mask_scores[mask_index]
     if score_threshold is not None:
