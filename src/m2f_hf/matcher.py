@@ -33,7 +33,7 @@ def pairwise_sigmoid_ce_cost(logits: Tensor, targets: Tensor) -> Tensor:
     # 0·x - ls and x - ls, the same float operations as two calls against ones/zeros, one logsigmoid less
     log_sig = F.logsigmoid(logits)
     loss_if_one = logits.mul(0.0).sub_(log_sig)
-    loss_if_zero = logits.sub(log_sig)
+    loss_if_zero = torch.sub(logits, log_sig, out=log_sig)  # log_sig's last use: its buffer is reused
     cost = torch.matmul(loss_if_one, targets.transpose(1, 2)) + torch.matmul(
         loss_if_zero, (1 - targets).transpose(1, 2)
     )
