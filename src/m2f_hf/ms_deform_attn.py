@@ -78,8 +78,8 @@ def _sparse_backward(table, rows, weights, grad_out, want_table: bool, want_weig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's one-time "sparse support is in beta" notices
         if want_table:
-            # Aᵀ in CSR: the entries sorted by table row (stable, so the sums run in a fixed order). Sorting the
-            # int32 rows gives the same permutation as their int64 copy, ~2.5x faster
+            # Aᵀ in CSR: the entries sorted by table row (stable, so the sums run in a fixed order). Sorting
+            # the int32 rows gives the same permutation as their int64 copy, ~2.5x faster
             order = torch.argsort(rows.reshape(-1), stable=True)
             counts = torch.bincount(cols, minlength=table.shape[0])
             crow_t = torch.zeros(table.shape[0] + 1, dtype=torch.long, device=rows.device)
