@@ -133,18 +133,26 @@ def pad_value_levels(value: torch.Tensor, spatial_shapes: list[tuple[int, int]])
     return torch.cat(parts, 1)
 
 
+def _padded_levels(spatial_shapes: list[tuple[int, int]]) -> tuple[list[int], list[int], int]:
+    """Geometry of the padded table of one image: per level the row of pixel (0, 0) and the padded width,
+    and the padded rows in all."""
+    pad = _PAD_BEFORE + _PAD_AFTER
+    firsts, widths, start = [], [], 0
+    for height, width in spatial_shapes:
+        firsts.append(start + _PAD_BEFORE * (width + pad) + _PAD_BEFORE)
+        widths.append(width + pad)
+        start += (height + pad) * (width + pad)
+    return firsts, widths, start
+
+
 def _layout(spatial_shapes, batch: int, heads: int, device, dtype):
     """Constants of the gather: per-(batch, head, level) row base, (x, y) row strides, corner row offsets,
     and the clamp bounds (low, high) of the sampling positions, each shaped to broadcast over
     (B, Q, M, L, P, ·)."""
-    pad = _PAD_BEFORE + _PAD_AFTER
-    widths = [w + pad for _, w in spatial_shapes]
-    sizes = [(h + pad) * (w + pad) for h, w in spatial_shapes]
-    total = sum(sizes)
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    firsts, widths, total = _padded_levels(spatial_shapes)
     levels = len(spatial_shapes)
     # row of pixel (x, y) of level l, head m, image b: ((b·S_pad + start_l + (y+1)·Wp_l + (x+1))·M + m
-    first = torch.tensor([s + _PAD_BEFORE * wp + _PAD_BEFORE for s, wp in zip(starts, widths)], device=device)
+    first = torch.tensor(firsts, device=device)
     base = (
         torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * total + first.view(1, 1, 1, levels, 1)
     ) * heads + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
@@ -156,13 +164,10 @@ def _layout(spatial_shapes, batch: int, heads: int, device, dtype):
 
 
 def _level_table(spatial_shapes: list[tuple[int, int]], device) -> torch.Tensor:
-    """(L, 4) int64 per level of the padded table: row of pixel (0, 0) within one image, padded width,
-    width, height (the Triton kernels' view of `_layout`)."""
-    pad = _PAD_BEFORE + _PAD_AFTER
-    rows, start = [], 0
-    for height, width in spatial_shapes:
-        rows.append([start + _PAD_BEFORE * (width + pad) + _PAD_BEFORE, width + pad, width, height])
-        start += (height + pad) * (width + pad)
+    """(L, 4) int64 per level: row of pixel (0, 0) within one image's padded table, padded width, width,
+    height (the Triton kernels' view of `_layout`)."""
+    firsts, widths, _ = _padded_levels(spatial_shapes)
+    rows = [[first, wp, w, h] for first, wp, (h, w) in zip(firsts, widths, spatial_shapes, strict=True)]
     return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
@@ -187,16 +192,17 @@ def deformable_sample(
     _, queries, _, levels, points, _ = pixel_xy.shape
     if len(spatial_shapes) != levels:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
-    if not tracing() and use_triton(padded_value):
+    if tracing():
+        # compilers and exporters: one whole-tensor gather (a compiler fuses the broadcasts itself) with int64
+        # row indices (ONNX's Concat rejects mixed index types)
+        layout = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
+        return _sample_block(padded_value, layout, torch.int64, pixel_xy, attention_weights)
+    if use_triton(padded_value):
         levels_table = _level_table(spatial_shapes, padded_value.device)
         return TritonDeformableSample.apply(padded_value, pixel_xy, attention_weights, levels_table)
     layout = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
-    # int32 row indices (half the bytes of int64) in eager mode when the padded table is small enough;
-    # int64 under compilers and exporters (ONNX's Concat rejects the mixed index types)
-    small = padded_value.numel() // dim < 2**31
-    index_dtype = torch.int32 if small and not tracing() else torch.int64
-    if tracing():  # a compiler fuses the broadcasts itself
-        return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights)
+    # int32 row indices (half the bytes of int64) when the padded table is small enough
+    index_dtype = torch.int32 if padded_value.numel() // dim < 2**31 else torch.int64
     blockwise = blockwise_inference(padded_value, pixel_xy, attention_weights)
     block = (
         min(queries, max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4)))
