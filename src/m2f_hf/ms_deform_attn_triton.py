@@ -57,17 +57,21 @@ def use_triton(tensor: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _corner(
-        xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M: tl.constexpr, D: tl.constexpr, P: tl.constexpr
-    ):
-        """Offset of the top-left corner's first channel, the row step down one pixel, the clamped
-        fractional position (fx, fy), the attention weight, and whether x and y were inside the clamp
-        bounds (where their gradient passes)."""
+    def _level(levels, l):
+        """Level l's row of pixel (0, 0), padded width, and (as floats) width and height."""
         first = tl.load(levels + 4 * l)
         padded_width = tl.load(levels + 4 * l + 1)
         width = tl.load(levels + 4 * l + 2).to(tl.float32)
         height = tl.load(levels + 4 * l + 3).to(tl.float32)
-        i = entry + l * P + p
+        return first, padded_width, width, height
+
+    @triton.jit
+    def _corner(
+        xy, attn, i, q_ok, first, padded_width, width, height, b, m, S_pad, M: tl.constexpr, D: tl.constexpr
+    ):
+        """For sampling entries `i` of one level: offset of the top-left corner's first channel, the row
+        step down one pixel, the clamped fractional position (fx, fy), the attention weight, and whether x
+        and y were inside the clamp bounds (where their gradient passes)."""
         x = tl.load(xy + 2 * i, mask=q_ok, other=0.0).to(tl.float32)
         y = tl.load(xy + 2 * i + 1, mask=q_ok, other=0.0).to(tl.float32)
         a = tl.load(attn + i, mask=q_ok, other=0.0).to(tl.float32)
@@ -132,9 +136,10 @@ if triton is not None:
         b, m, q_ok, d, tile_ok, entry, out_tile = _tile(Q, M, D, L, P, BLOCK_Q, BLOCK_D)
         acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
         for l in tl.static_range(L):
+            first, padded_width, width, height = _level(levels, l)
             for p in tl.static_range(P):
                 offset, down, fx, fy, a, _, _ = _corner(
-                    xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M, D, P
+                    xy, attn, entry + l * P + p, q_ok, first, padded_width, width, height, b, m, S_pad, M, D
                 )
                 v00, v01, v10, v11 = _corner_values(value, offset, down, d, tile_ok, M, D)
                 wy0 = (1.0 - fy) * a
@@ -165,9 +170,11 @@ if triton is not None:
         b, m, q_ok, d, tile_ok, entry, out_tile = _tile(Q, M, D, L, P, BLOCK_Q, BLOCK_D)
         g = tl.load(grad_out + out_tile, mask=tile_ok, other=0.0).to(tl.float32)
         for l in tl.static_range(L):
+            first, padded_width, width, height = _level(levels, l)
             for p in tl.static_range(P):
+                i = entry + l * P + p
                 offset, down, fx, fy, a, x_in, y_in = _corner(
-                    xy, attn, levels, entry, q_ok, b, m, S_pad, l, p, M, D, P
+                    xy, attn, i, q_ok, first, padded_width, width, height, b, m, S_pad, M, D
                 )
                 v00, v01, v10, v11 = _corner_values(value, offset, down, d, tile_ok, M, D)
                 # grad_out · (each corner's values): what a unit of that corner's weight adds
@@ -175,7 +182,6 @@ if triton is not None:
                 g01 = tl.sum(g * v01, axis=1)
                 g10 = tl.sum(g * v10, axis=1)
                 g11 = tl.sum(g * v11, axis=1)
-                i = entry + l * P + p
                 top_row = (1.0 - fx) * g00 + fx * g01
                 bottom_row = (1.0 - fx) * g10 + fx * g11
                 tl.store(grad_attn + i, (1.0 - fy) * top_row + fy * bottom_row, mask=q_ok)
