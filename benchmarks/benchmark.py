@@ -1,7 +1,7 @@
 """Side-by-side benchmark: m2f_hf vs transformers' built-in `Mask2FormerForUniversalSegmentation`.
 
 Both models hold the same parameters: a transformers-format Mask2Former (Swin-S-like by default) is built
-with random weights, saved, and converted with `m2f_hf.convert_transformers` (its Swin runs as our native
+with random weights, saved, and converted with `m2f_hf.conversion_transformers` (its Swin runs as our native
 Swin). Both see the same images and the same `pixel_values`. Timed per configuration (image size, batch):
 preprocessing, forward, each post-processing task, end-to-end panoptic (each library's own processor,
 model and post-processing) and one training step (forward + backward + AdamW step) with its peak memory.
@@ -42,10 +42,10 @@ if str(ROOT / "src") not in sys.path:
 import transformers  # noqa: E402
 from transformers import SwinConfig  # noqa: E402
 
-from m2f_hf.convert_transformers import convert_transformers_checkpoint  # noqa: E402
+from m2f_hf.conversion_transformers import convert_transformers_checkpoint  # noqa: E402
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor  # noqa: E402
+from m2f_hf.modeling_deform_attn_triton import KERNEL_ENV  # noqa: E402
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation  # noqa: E402
-from m2f_hf.ms_deform_attn_triton import KERNEL_ENV  # noqa: E402
 
 TASKS = ("preprocess", "forward", "semantic", "instance", "panoptic", "e2e", "train")
 SWIN_S = dict(embed_dim=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24], window_size=7)

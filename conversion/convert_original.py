@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from m2f_hf import cli
+from m2f_hf import ecosystem_cli as cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from m2f_hf.convert_transformers import TORCH_DTYPES, convert_transformers_checkpoint
-from m2f_hf.label_sets import LABEL_SETS
+from m2f_hf.conversion_label_sets import LABEL_SETS
+from m2f_hf.conversion_transformers import TORCH_DTYPES, convert_transformers_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

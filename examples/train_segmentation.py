@@ -8,9 +8,9 @@ One script for the three tasks, driven by Accelerate, so the same command runs o
     accelerate launch --num_processes 2 examples/train_segmentation.py --task semantic --dataset DIR ...
 
 Data (`--dataset`): a local folder in COCO-panoptic layout (`annotations/panoptic.json`, `images/`,
-`panoptic/`, as `m2f_hf.synthetic.write_coco_panoptic` writes), a folder saved with
+`panoptic/`, as `m2f_hf.training_synthetic.write_coco_panoptic` writes), a folder saved with
 `datasets.Dataset.save_to_disk`, or a Hub dataset name; `--synthetic N` generates the synthetic shapes
-dataset instead. The recipe defaults are the original's (see `m2f_hf.training` and docs/training.md).
+dataset instead. The recipe defaults are the original's (see `m2f_hf.training_recipe` and docs/training.md).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
-from m2f_hf.augmentation import large_scale_jitter, semantic_segmentation_augmentation
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
-from m2f_hf.training import (
+from m2f_hf.training_augmentation import large_scale_jitter, semantic_segmentation_augmentation
+from m2f_hf.training_recipe import (
     TASKS,
     PointSampler,
     SegmentationCollator,
@@ -217,7 +217,7 @@ class LabelInfo:
 
 def _read_categories(value: str) -> list[dict[str, Any]]:
     if value == "synthetic":
-        from m2f_hf.synthetic import SYNTHETIC_CATEGORIES
+        from m2f_hf.training_synthetic import SYNTHETIC_CATEGORIES
 
         return SYNTHETIC_CATEGORIES
     payload = json.loads(Path(value).read_text())
@@ -298,7 +298,7 @@ def load_data(
     args: argparse.Namespace, model_config: Mask2FormerConfig | None
 ) -> tuple[SampleSource, SampleSource]:
     """(train, eval) sample sources for the data arguments."""
-    from m2f_hf.synthetic import SYNTHETIC_CATEGORIES, load_coco_panoptic, make_synthetic_dataset
+    from m2f_hf.training_synthetic import SYNTHETIC_CATEGORIES, load_coco_panoptic, make_synthetic_dataset
 
     if args.synthetic > 0:
         labels = LabelInfo.from_categories(SYNTHETIC_CATEGORIES, "m2f_hf synthetic shapes")

@@ -25,7 +25,7 @@ def meta(name: str) -> dict:
 @functools.cache
 def converted(name: str) -> Path:
     """The fixture's original checkpoint + yaml converted once per test session into a temporary folder."""
-    from m2f_hf.convert_original import convert_checkpoint
+    from m2f_hf.conversion_original import convert_checkpoint
 
     folder = FIXTURES / name
     out = Path(tempfile.mkdtemp(prefix=f"m2f_{name}_"))

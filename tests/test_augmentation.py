@@ -1,4 +1,4 @@
-"""Training-time augmentation (m2f_hf.augmentation): geometry, padding, determinism, original semantics."""
+"""Training-time augmentation (m2f_hf.training_augmentation): geometry, padding, determinism, the original."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from oracle import NAMES as FIXTURE_NAMES
 from PIL import Image
 from scipy import ndimage
 
-from m2f_hf.augmentation import (
+from m2f_hf.training_augmentation import (
     AugmentationPipeline,
     ColorAugSSD,
     ColorAugSSDTransform,

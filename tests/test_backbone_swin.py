@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m2f_hf.backbone_swin import SwinBackbone, relative_position_index, shift_attention_mask
-from m2f_hf.checkpoint_io import load_original_checkpoint
 from m2f_hf.configuration_m2f import SWIN_DEFAULTS
+from m2f_hf.conversion_checkpoint_io import load_original_checkpoint
+from m2f_hf.modeling_swin import SwinBackbone, relative_position_index, shift_attention_mask
 
 FIXTURE = Path(__file__).parent / "fixtures" / "A2_coco_panoptic_swin_tiny"
 TINY = {"embed_dim": 16, "num_heads": (1, 2, 4, 8)}  # the fixture's shrunk widths (config.yaml MODEL.SWIN)

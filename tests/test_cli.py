@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from tiny_m2f import FIXTURES, LABELS, PHOTO, PHOTO2, save_tiny
 
-from m2f_hf import cli
-from m2f_hf.postprocessing import rle_decode
+from m2f_hf import ecosystem_cli as cli
+from m2f_hf.processing_postprocess import rle_decode
 
 
 @pytest.fixture(scope="module")

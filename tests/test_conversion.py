@@ -13,8 +13,9 @@ import yaml
 from PIL import Image
 from safetensors import safe_open
 
-from m2f_hf.checkpoint_io import load_original_checkpoint
-from m2f_hf.convert_original import (
+from m2f_hf.conversion_checkpoint_io import load_original_checkpoint
+from m2f_hf.conversion_label_sets import LABEL_SETS, get_label_set
+from m2f_hf.conversion_original import (
     _derived_buffers,
     convert_checkpoint,
     infer_architecture,
@@ -23,8 +24,7 @@ from m2f_hf.convert_original import (
     rename_original_key,
     rename_state_dict,
 )
-from m2f_hf.label_sets import LABEL_SETS, get_label_set
-from m2f_hf.original_config import load_original_yaml, settings_from_original_config
+from m2f_hf.conversion_settings import load_original_yaml, settings_from_original_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "model_final.pkl").is_file())

@@ -11,7 +11,8 @@ import torch
 import transformers
 from transformers import SwinConfig
 
-from m2f_hf.convert_transformers import (
+from m2f_hf.conversion_label_sets import LABEL_SETS
+from m2f_hf.conversion_transformers import (
     config_from_transformers_config,
     convert_transformers_state_dict,
     dataset_from_name,
@@ -20,7 +21,6 @@ from m2f_hf.convert_transformers import (
     native_swin_blockers,
     settings_from_transformers_config,
 )
-from m2f_hf.label_sets import LABEL_SETS
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation, Mask2FormerModel
 
 TOL = 1e-4

@@ -15,9 +15,9 @@ from oracle import NAMES as FIXTURE_NAMES
 from torch.overrides import TorchFunctionMode
 
 from m2f_hf.configuration_m2f import Mask2FormerConfig
-from m2f_hf.criterion import Mask2FormerLoss
-from m2f_hf.matcher import Mask2FormerHungarianMatcher, _solve, pairwise_sigmoid_ce_cost
-from m2f_hf.point_sampling import point_sample, sample_masks_at_points, uncertain_point_coords
+from m2f_hf.modeling_criterion import Mask2FormerLoss
+from m2f_hf.modeling_matcher import Mask2FormerHungarianMatcher, _solve, pairwise_sigmoid_ce_cost
+from m2f_hf.modeling_point_sampling import point_sample, sample_masks_at_points, uncertain_point_coords
 
 LAYERS = ["final"] + [f"aux{i}" for i in range(9)]
 

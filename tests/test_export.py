@@ -8,7 +8,7 @@ import torch
 from tiny_m2f import HEAD as TINY_HEAD
 
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
-from m2f_hf.export import ExportWrapper, export_onnx, export_program
+from m2f_hf.ecosystem_export import ExportWrapper, export_onnx, export_program
 
 TOL = 1e-4
 HEAD = dict(TINY_HEAD, num_labels=5)

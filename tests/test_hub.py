@@ -1,5 +1,5 @@
-"""Hub folders (`m2f_hf.hub`): files, auto_map, model card, loading with and without the package installed
-(remote code in a subprocess that cannot import m2f_hf), and the upload step (mocked, no network)."""
+"""Hub folders (`m2f_hf.ecosystem_hub`): files, auto_map, model card, loading with and without the package
+installed (remote code in a subprocess that cannot import m2f_hf), and the upload step (mocked, offline)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tiny_m2f import PHOTO, tiny_model
 from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, pipeline
 
 import m2f_hf
-from m2f_hf import hub
+from m2f_hf import ecosystem_hub as hub
 from m2f_hf.pipeline_m2f import SUBTASKS
 
 TASKS = ("panoptic", "instance", "semantic")
@@ -68,8 +68,9 @@ def test_folder_contents_and_auto_map(hub_folders):
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= names
     assert {f"{m}.py" for m in modules} | {f"{hub.ENTRY_MODULE}.py"} <= names
     # lazily imported modules (targets, convert_transformers...) and `from . import x` ones are included
-    assert {"postprocessing", "targets", "convert_transformers", "pipeline_m2f"} <= set(modules)
-    assert "cli" not in modules and "training" not in modules
+    expected = {"processing_postprocess", "processing_targets", "conversion_transformers", "pipeline_m2f"}
+    assert expected <= set(modules)
+    assert "ecosystem_cli" not in modules and "training_recipe" not in modules
     config = json.loads((folder / "config.json").read_text())
     assert set(config["auto_map"]) == {
         "AutoConfig",

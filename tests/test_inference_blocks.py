@@ -1,4 +1,4 @@
-"""Blocked inference paths (`m2f_hf.inference_blocks`) give the outputs of the whole-tensor paths.
+"""Blocked inference paths (`m2f_hf.layers_blocks`) give the outputs of the whole-tensor paths.
 
 (The pixel decoder's FFN blocks are tested in test_ms_deform_attn.py.)
 
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from test_backbone_swin import FIXTURE, _fixture_model
 
-from m2f_hf import inference_blocks
-from m2f_hf.backbone_swin import SwinBackbone
+from m2f_hf import layers_blocks as inference_blocks
+from m2f_hf.modeling_swin import SwinBackbone
 
 
 def test_add_blockwise_in_place_equals_whole():

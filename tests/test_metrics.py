@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from m2f_hf.metrics_instance import InstanceSegmentationEvaluator, masks_to_rle
-from m2f_hf.metrics_panoptic import PanopticQualityEvaluator
-from m2f_hf.metrics_semantic import SemanticSegmentationEvaluator
+from m2f_hf.training_metrics_instance import InstanceSegmentationEvaluator, masks_to_rle
+from m2f_hf.training_metrics_panoptic import PanopticQualityEvaluator
+from m2f_hf.training_metrics_semantic import SemanticSegmentationEvaluator
 
 TOL = 1e-6
 

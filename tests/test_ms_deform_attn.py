@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import m2f_hf.ms_deform_attn as msda
-from m2f_hf.ms_deform_attn import (
+import m2f_hf.modeling_deform_attn as msda
+from m2f_hf.modeling_deform_attn import (
     MSDeformAttn,
     multi_scale_deformable_attention,
     multi_scale_deformable_attention_grid_sample,
@@ -127,8 +127,8 @@ def test_inference_blocks_give_identical_results(monkeypatch):
 def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
     """The pixel decoder layer at inference, attention and FFN in token blocks, equals the unblocked layer
     (float noise)."""
-    import m2f_hf.inference_blocks as inference_blocks
-    import m2f_hf.pixel_decoder as pixel_decoder
+    import m2f_hf.layers_blocks as inference_blocks
+    import m2f_hf.modeling_pixel_decoder as pixel_decoder
 
     torch.manual_seed(0)
     layer = pixel_decoder.DeformableEncoderLayer(32, 64, 0.0, len(SHAPES), 4, 2).eval()

@@ -17,8 +17,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from m2f_hf import ms_deform_attn_triton  # noqa: E402
-from m2f_hf.ms_deform_attn_triton import KERNEL_ENV, use_triton  # noqa: E402
+from m2f_hf import modeling_deform_attn_triton as ms_deform_attn_triton  # noqa: E402
+from m2f_hf.modeling_deform_attn_triton import KERNEL_ENV, use_triton  # noqa: E402
 
 
 def _run_interpreted(code: str) -> dict:
@@ -36,7 +36,7 @@ def test_kernels_match_the_original_formulation_values_and_gradients():
     diffs = _run_interpreted(
         """
         import json, os, torch
-        from m2f_hf import ms_deform_attn as mda
+        from m2f_hf import modeling_deform_attn as mda
         torch.manual_seed(0)
         shapes = [(6, 5), (3, 4), (2, 2)]
         B, M, D, P, Q = 2, 3, 6, 3, 70

@@ -13,7 +13,7 @@ import torch
 from oracle import FIXTURES, NAMES
 from PIL import Image
 
-from m2f_hf import postprocessing as pp
+from m2f_hf import processing_postprocess as pp
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 
 

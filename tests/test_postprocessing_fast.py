@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m2f_hf import postprocessing as pp
+from m2f_hf import processing_postprocess as pp
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 
 # (low-res mask size, image size inside the padded input, target size)

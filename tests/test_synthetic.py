@@ -1,4 +1,4 @@
-"""Synthetic shapes-on-backgrounds dataset (m2f_hf.synthetic)."""
+"""Synthetic shapes-on-backgrounds dataset (m2f_hf.training_synthetic)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from m2f_hf.synthetic import (
+from m2f_hf.processing_targets import instance_to_targets, panoptic_to_targets, rgb_to_id, semantic_to_targets
+from m2f_hf.training_synthetic import (
     CATEGORY_ID_TO_CONTIGUOUS,
     ID2LABEL,
     STUFF_IDS,
@@ -20,7 +21,6 @@ from m2f_hf.synthetic import (
     to_hf_dataset,
     write_coco_panoptic,
 )
-from m2f_hf.targets import instance_to_targets, panoptic_to_targets, rgb_to_id, semantic_to_targets
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Training targets from semantic / instance / panoptic annotations (m2f_hf.targets)."""
+"""Training targets from semantic / instance / panoptic annotations (m2f_hf.processing_targets)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2f_hf.targets import (
+from m2f_hf.processing_targets import (
     id_to_rgb,
     instance_to_targets,
     pad_targets,

@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
-from m2f_hf.synthetic import CATEGORY_ID_TO_CONTIGUOUS, make_synthetic_dataset, write_coco_panoptic
-from m2f_hf.training import (
+from m2f_hf.training_recipe import (
     PointSampler,
     SegmentationCollator,
     SegmentationEvalCollator,
@@ -28,6 +27,7 @@ from m2f_hf.training import (
     param_groups,
     sample_seed,
 )
+from m2f_hf.training_synthetic import CATEGORY_ID_TO_CONTIGUOUS, make_synthetic_dataset, write_coco_panoptic
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_segmentation.py"
@@ -144,7 +144,7 @@ def test_targets_per_task_and_deterministic_augmentation():
     assert out["semantic"]["mask_labels"].sum(0).eq(1).all()
     keep = [i for i, c in enumerate(classes) if c in things]
     assert torch.equal(out["instance"]["mask_labels"], out["panoptic"]["mask_labels"][keep])
-    from m2f_hf.augmentation import large_scale_jitter
+    from m2f_hf.training_augmentation import large_scale_jitter
 
     aug = TrainTransform("panoptic", large_scale_jitter(64, 0.5, 1.5), *stats)
     a, b = aug(sample, sample_seed(0, 3, 7)), aug(sample, sample_seed(0, 3, 7))
@@ -262,7 +262,7 @@ def test_hub_folder_and_model_card(short_run):
     assert "trained from scratch" in card and "**License:** apache-2.0" in card
     assert "--max_steps 6" in card or "max_steps | 6" in card
     # the reloaded model predicts what the trained one evaluated to
-    from m2f_hf.training import SegmentationEvalCollator as Collator
+    from m2f_hf.training_recipe import SegmentationEvalCollator as Collator
 
     samples = [
         normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)

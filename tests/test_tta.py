@@ -9,10 +9,10 @@ import torch
 
 import m2f_hf
 from m2f_hf import Mask2FormerForUniversalSegmentation
+from m2f_hf.ecosystem_tta import predict_with_tta, tta_sizes
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
-from m2f_hf.metrics_semantic import SemanticSegmentationEvaluator
-from m2f_hf.synthetic import ID2LABEL, make_synthetic_dataset
-from m2f_hf.tta import predict_with_tta, tta_sizes
+from m2f_hf.training_metrics_semantic import SemanticSegmentationEvaluator
+from m2f_hf.training_synthetic import ID2LABEL, make_synthetic_dataset
 
 DEMO = Path(m2f_hf.__file__).parent / "assets" / "demo_model"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2f_hf.visualization import distinct_colors, label_anchor, render_overlay, segment_boundaries
+from m2f_hf.ecosystem_visualization import distinct_colors, label_anchor, render_overlay, segment_boundaries
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,8 @@ Importing the package registers its classes with the transformers Auto* factorie
 """
 
 from .configuration_m2f import Mask2FormerConfig
+from .deprecated_modules import install as _install_moved_modules
+from .ecosystem_registration import register_auto_classes
 from .image_processing_m2f import M2fHfImageProcessor
 from .modeling_m2f import (
     Mask2FormerForUniversalSegmentation,
@@ -13,9 +15,9 @@ from .modeling_m2f import (
     Mask2FormerModelOutput,
     Mask2FormerPreTrainedModel,
 )
-from .registration import register_auto_classes
 
 register_auto_classes()
+_install_moved_modules(__name__)
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ anti-aliased and not reproducible with torch kernels, so the processor uses tran
 
 Post-processing follows transformers' method names, signatures and return formats (so
 `pipeline("image-segmentation")` works unchanged) but gives the original's results by default; the
-rules themselves live in `postprocessing.py`.
+rules themselves live in `processing_postprocess.py`.
 
 Input conventions (each image becomes 8-bit RGB before the resize, as the original reads files):
 * PIL: converted with `Image.convert("RGB")` (what detectron2's reader does): grayscale is replicated,
@@ -38,7 +38,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, PILImageResampling, load_image
 from transformers.processing_utils import ImagesKwargs
 
-from . import postprocessing as pp
+from . import processing_postprocess as pp
 
 __all__ = ["M2fHfImageProcessor", "M2fHfImageProcessorKwargs", "resized_shape"]
 
@@ -405,8 +405,8 @@ class M2fHfImageProcessor(PilBackend):
         do_reduce_labels: bool,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per image: resize the label map like the image (nearest), split it into binary masks + classes
-        (`targets.py`), pad the masks with False like the images."""
-        from .targets import instance_to_targets, pad_targets, semantic_to_targets
+        (`processing_targets.py`), pad the masks with False like the images."""
+        from .processing_targets import instance_to_targets, pad_targets, semantic_to_targets
 
         if isinstance(instance_id_to_semantic_id, list) and len(instance_id_to_semantic_id) != len(
             segmentation_maps

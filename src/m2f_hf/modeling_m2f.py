@@ -10,14 +10,14 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbone import build_backbone
-from .backbone_resnet import FrozenBatchNorm2d
-from .backbone_swin import SwinBackbone, WindowAttention, relative_position_index
 from .configuration_m2f import Mask2FormerConfig
-from .criterion import Mask2FormerLoss
-from .ms_deform_attn import MSDeformAttn
-from .pixel_decoder import DeformableEncoder, DeformableTransformer, MSDeformAttnPixelDecoder
-from .transformer_decoder import MaskedTransformerDecoder
+from .modeling_backbone import build_backbone
+from .modeling_criterion import Mask2FormerLoss
+from .modeling_deform_attn import MSDeformAttn
+from .modeling_pixel_decoder import DeformableEncoder, DeformableTransformer, MSDeformAttnPixelDecoder
+from .modeling_resnet import FrozenBatchNorm2d
+from .modeling_swin import SwinBackbone, WindowAttention, relative_position_index
+from .modeling_transformer_decoder import MaskedTransformerDecoder
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Also loads transformers-format checkpoints (`model_type` "mask2former"), converting them."""
         if not model_args:
-            from .convert_transformers import maybe_convert_transformers_folder
+            from .conversion_transformers import maybe_convert_transformers_folder
 
             converted = maybe_convert_transformers_folder(
                 pretrained_model_name_or_path, model_class=cls, **kwargs

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint_io import OriginalCheckpoint, load_original_checkpoint
 from .configuration_m2f import Mask2FormerConfig
-from .label_sets import LABEL_SETS
-from .original_config import (
+from .conversion_checkpoint_io import OriginalCheckpoint, load_original_checkpoint
+from .conversion_label_sets import LABEL_SETS
+from .conversion_settings import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
     OriginalSettings,
@@ -428,7 +428,7 @@ def build_processor(settings: OriginalSettings):
 
 def model_card(report: ConversionReport, repo_id: str | None, processor: Any = None) -> str:
     """README.md of a converted folder: `hub.build_model_card` with the conversion's provenance."""
-    from .hub import build_model_card
+    from .ecosystem_hub import build_model_card
 
     s, cfg = report.settings, report.settings.config
     source_cfg = s.source.get("config_file") or "none (architecture inferred from the weights)"
@@ -520,7 +520,7 @@ def convert_checkpoint(
         flipped_input_channels=flipped,
         model=model,
     )
-    from .hub import save_for_hub
+    from .ecosystem_hub import save_for_hub
 
     processor = build_processor(settings)
     save_for_hub(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .point_sampling import RandFn, point_sample, sample_masks_at_points
+from .modeling_point_sampling import RandFn, point_sample, sample_masks_at_points
 
 # Stand-in for NaN/inf costs: large enough to lose against every finite cost, small enough that
 # linear_sum_assignment (float64) stays well conditioned.

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masked_attention import MultiheadAttention, attention_mask_from_logits
-from .position_encoding import SinePositionEmbedding
+from .layers_position import SinePositionEmbedding
+from .modeling_masked_attention import MultiheadAttention, attention_mask_from_logits
 
 
 class SelfAttentionLayer(nn.Module):

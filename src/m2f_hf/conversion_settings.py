@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .configuration_m2f import SWIN_DEFAULTS, Mask2FormerConfig
-from .label_sets import DATASET_NAME_TO_LABEL_SET, LabelSet, get_label_set
+from .conversion_label_sets import DATASET_NAME_TO_LABEL_SET, LabelSet, get_label_set
 
 ORIGINAL_DEFAULTS: dict[str, Any] = {
     "MODEL": {

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configuration_m2f import Mask2FormerConfig
-from .matcher import Mask2FormerHungarianMatcher
-from .point_sampling import RandFn, point_sample, sample_masks_at_points, uncertain_point_coords
+from .modeling_matcher import Mask2FormerHungarianMatcher
+from .modeling_point_sampling import RandFn, point_sample, sample_masks_at_points, uncertain_point_coords
 
 LOSS_TERMS = ("loss_ce", "loss_mask", "loss_dice")
 

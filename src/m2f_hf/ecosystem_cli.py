@@ -82,7 +82,7 @@ def load_model(model_ref: str, device: str, dtype: str | None) -> tuple[Any, Any
     checkpoint (converted on the fly, with the original preprocessing of its dataset)."""
     from transformers import PreTrainedConfig
 
-    from .convert_transformers import TRANSFORMERS_MODEL_TYPE, processor_for_transformers_checkpoint
+    from .conversion_transformers import TRANSFORMERS_MODEL_TYPE, processor_for_transformers_checkpoint
     from .image_processing_m2f import M2fHfImageProcessor
     from .modeling_m2f import Mask2FormerForUniversalSegmentation
 
@@ -166,9 +166,9 @@ def predict(
     """
     from tqdm.auto import tqdm
 
+    from .ecosystem_visualization import distinct_colors, render_overlay
     from .pipeline_m2f import SUBTASKS, default_subtask, post_process
-    from .postprocessing import rle_encode
-    from .visualization import distinct_colors, render_overlay
+    from .processing_postprocess import rle_encode
 
     if batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {batch_size}")
@@ -286,7 +286,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import main as export_main
+    from .ecosystem_export import main as export_main
 
     export_main(args.export_args)
     return 0
@@ -299,7 +299,7 @@ def _export_argv(argv: Sequence[str]) -> list[str] | None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     if args.source == "original":
-        from .convert_original import convert_checkpoint
+        from .conversion_original import convert_checkpoint
 
         report = convert_checkpoint(
             args.checkpoint,
@@ -313,7 +313,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         )
         print(report.summary())
     else:
-        from .convert_transformers import convert_transformers_checkpoint
+        from .conversion_transformers import convert_transformers_checkpoint
 
         convert_transformers_checkpoint(
             args.model, args.output, dataset=args.dataset, dtype=args.dtype, push_to_hub=args.push_to_hub
@@ -323,7 +323,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .convert_original import TORCH_DTYPES
+    from .conversion_original import TORCH_DTYPES
     from .pipeline_m2f import SUBTASKS
 
     parser = argparse.ArgumentParser(
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     export_p.add_argument(
-        "export_args", nargs=argparse.REMAINDER, help="arguments of `python -m m2f_hf.export`"
+        "export_args", nargs=argparse.REMAINDER, help="arguments of `python -m m2f_hf.ecosystem_export`"
     )
     export_p.set_defaults(run=_cmd_export)
     return parser

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .targets import id_to_rgb, rgb_to_id
+from .processing_targets import id_to_rgb, rgb_to_id
 
 __all__ = [
     "CATEGORY_ID_TO_CONTIGUOUS",

@@ -36,11 +36,11 @@ class AutoBackboneAdapter(nn.Module):
 def build_backbone(config) -> nn.Module:
     """Backbone named by `config.backbone_type`, built from `config.backbone_config`."""
     if config.backbone_type == "resnet":
-        from .backbone_resnet import ResNetBackbone
+        from .modeling_resnet import ResNetBackbone
 
         return ResNetBackbone(**config.backbone_config)
     if config.backbone_type == "swin":
-        from .backbone_swin import SwinBackbone
+        from .modeling_swin import SwinBackbone
 
         return SwinBackbone(**config.backbone_config)
     return AutoBackboneAdapter(config.backbone_config)

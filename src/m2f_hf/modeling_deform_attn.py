@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inference_blocks import blockwise_inference, needs_grad, tracing
-from .ms_deform_attn_triton import TritonDeformableSample, use_triton
+from .layers_blocks import blockwise_inference, needs_grad, tracing
+from .modeling_deform_attn_triton import TritonDeformableSample, use_triton
 
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
 # elements of the (rows, K, D) scratch buffer of the blocked backward (4 MB in float32)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .inference_blocks import add_blockwise_, blockwise_inference, rows_per_block
+from .layers_blocks import add_blockwise_, blockwise_inference, rows_per_block
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 SHIFT_MASK_VALUE = -100.0  # the original's additive value between tokens of different shifted regions

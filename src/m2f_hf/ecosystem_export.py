@@ -10,7 +10,7 @@ Dynamic heights and widths are multiples of 32 (`32 * Dim`), so every feature le
 batch is traced with two images (a batch of one would be specialised to 1). Swin backbones need every stage
 to span at least two windows per side when shapes are dynamic: H, W >= 32 * (window_size + 1).
 
-Command line: `python -m m2f_hf.export --model DIR --output model.onnx [--height 512 --width 512]`
+Command line: `python -m m2f_hf.ecosystem_export --model DIR --output model.onnx [--height 512 --width 512]`
 (`--output model.pt2` saves the `torch.export` program instead).
 """
 
@@ -159,7 +159,7 @@ def _onnx_translations() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m m2f_hf.export --model DIR --output model.onnx|model.pt2`."""
+    """`python -m m2f_hf.ecosystem_export --model DIR --output model.onnx|model.pt2`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="folder or Hub id of a Mask2Former checkpoint")
     parser.add_argument("--output", required=True, help="*.onnx for ONNX, *.pt2 for a torch.export program")

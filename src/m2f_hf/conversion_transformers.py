@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from .configuration_m2f import Mask2FormerConfig
-from .label_sets import LABEL_SETS, LabelSet, get_label_set
-from .original_config import (
+from .conversion_label_sets import LABEL_SETS, LabelSet, get_label_set
+from .conversion_settings import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
     OriginalSettings,
@@ -652,7 +652,7 @@ def convert_transformers_checkpoint(
     imported = import_transformers_checkpoint(path_or_folder, dataset, dtype, native_swin, **hub_kwargs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    from .hub import save_for_hub
+    from .ecosystem_hub import save_for_hub
 
     processor = build_processor_from_settings(imported.settings)
     save_for_hub(
@@ -666,7 +666,7 @@ def convert_transformers_checkpoint(
 
 
 def _model_card(imported: TransformersImport, name: str, processor: Any = None) -> str:
-    from .hub import build_model_card
+    from .ecosystem_hub import build_model_card
 
     s = imported.settings
     return build_model_card(

@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .augmentation import AugmentationPipeline
-from .metrics_instance import InstanceSegmentationEvaluator
-from .metrics_panoptic import PanopticQualityEvaluator
-from .metrics_semantic import SemanticSegmentationEvaluator
-from .targets import pad_targets, panoptic_to_targets, rgb_to_id, semantic_to_targets
+from .processing_targets import pad_targets, panoptic_to_targets, rgb_to_id, semantic_to_targets
+from .training_augmentation import AugmentationPipeline
+from .training_metrics_instance import InstanceSegmentationEvaluator
+from .training_metrics_panoptic import PanopticQualityEvaluator
+from .training_metrics_semantic import SemanticSegmentationEvaluator
 
 TASKS = ("semantic", "instance", "panoptic")
 IGNORE_INDEX = 255
@@ -587,7 +587,7 @@ def write_model_card(
     (base checkpoint, data, hyper-parameters, command) and its finite held-out metrics."""
     from pathlib import Path
 
-    from .hub import build_model_card
+    from .ecosystem_hub import build_model_card
 
     check_task(task)
     if not dataset:

@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from . import postprocessing as pp
+from . import processing_postprocess as pp
 from .image_processing_m2f import _to_rgb_uint8, resized_shape
 
 __all__ = ["TTA_SCALES", "predict_with_tta", "tta_sizes"]

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone_resnet import ConvNorm
-from .inference_blocks import blockwise_inference, rows_per_block
-from .ms_deform_attn import MSDeformAttn
-from .position_encoding import SinePositionEmbedding
+from .layers_blocks import blockwise_inference, rows_per_block
+from .layers_position import SinePositionEmbedding
+from .modeling_deform_attn import MSDeformAttn
+from .modeling_resnet import ConvNorm
 
 
 def _group_norm(norm: str, channels: int) -> nn.Module | None:
