@@ -26,7 +26,7 @@ import PIL.Image
 import torch
 
 from . import processing_postprocess as pp
-from .image_processing_m2f import _to_rgb_uint8, resized_shape
+from .image_processing_m2f import resized_shape, to_rgb_uint8
 
 __all__ = ["TTA_SCALES", "predict_with_tta", "tta_sizes"]
 
@@ -136,7 +136,7 @@ def predict_with_tta(
 
     results = []
     for index, image in enumerate(image_list):
-        array = _to_rgb_uint8(image, index, None)
+        array = to_rgb_uint8(image, index)
         target = tuple(array.shape[:2])
         class_probs, class_logits_single, masks, scores = [], None, None, None
         count = 0
@@ -158,7 +158,7 @@ def predict_with_tta(
                     s = s.flip(-1) if flipped else s
                     scores = s if scores is None else scores + s
                 else:
-                    class_logits, mask_logits, crops, targets = processor._unpack(single, [target])
+                    class_logits, mask_logits, crops, targets = pp.unpack_outputs(single, [target])
                     m = pp.masks_at_target(mask_logits[0], crops[0], targets[0])
                     m = m.flip(-1) if flipped else m
                     masks = m if masks is None else masks + m
@@ -204,20 +204,29 @@ def predict_with_tta(
 
 
 def _panoptic(processor, class_logits, mask_logits, threshold, mask_threshold, overlap, label_ids_to_fuse):
-    """The processor's panoptic rule and formatting applied to merged (Q, H, W) mask logits at the output
+    """The processor's panoptic rule and settings applied to merged (Q, H, W) mask logits at the output
     size."""
     threshold = processor.object_mask_threshold if threshold is None else threshold
     overlap = processor.overlap_threshold if overlap is None else overlap
-    fuse = processor._fuse_flags(label_ids_to_fuse, class_logits.shape[-1] - 1, mask_logits.device)
-    panoptic, segments = pp.panoptic_inference(
-        class_logits, mask_logits, fuse, threshold, overlap, mask_threshold
+    fuse = pp.fuse_flags(
+        label_ids_to_fuse, processor.thing_ids, class_logits.shape[-1] - 1, mask_logits.device
     )
-    return processor._panoptic_result(panoptic, segments)
+    return pp.panoptic_segmentation(class_logits, mask_logits, fuse, threshold, overlap, mask_threshold)
 
 
 def _instance(processor, class_logits, mask_logits, threshold, mask_threshold, binary_maps, coco):
-    """The processor's instance rule and formatting applied to merged (Q, H, W) mask logits at the output
+    """The processor's instance rule and settings applied to merged (Q, H, W) mask logits at the output
     size."""
-    return processor._instance_result(
-        class_logits, mask_logits, tuple(mask_logits.shape[-2:]), threshold, mask_threshold, binary_maps, coco
+    num_classes = class_logits.shape[-1] - 1
+    things = None if processor.thing_ids is None else pp.class_flags(processor.thing_ids, num_classes)
+    return pp.instance_segmentation(
+        class_logits,
+        mask_logits,
+        processor.test_topk_per_image,
+        things,
+        mask_threshold,
+        threshold,
+        tuple(mask_logits.shape[-2:]),
+        binary_maps,
+        coco,
     )

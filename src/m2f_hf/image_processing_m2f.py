@@ -25,7 +25,7 @@ Input conventions (each image becomes 8-bit RGB before the resize, as the origin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +40,7 @@ from transformers.processing_utils import ImagesKwargs
 
 from . import processing_postprocess as pp
 
-__all__ = ["M2fHfImageProcessor", "M2fHfImageProcessorKwargs", "resized_shape"]
+__all__ = ["M2fHfImageProcessor", "M2fHfImageProcessorKwargs", "resized_shape", "to_rgb_uint8"]
 
 # ImageNet mean / std in the 0-255 RGB scale: the original's MODEL.PIXEL_MEAN / PIXEL_STD.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -197,6 +197,14 @@ def _to_rgb_uint8(image: Any, index: int, input_data_format: ChannelDimension | 
     return np.ascontiguousarray(array[:, :, :3])
 
 
+def to_rgb_uint8(
+    image: Any, index: int = 0, input_data_format: ChannelDimension | str | None = None
+) -> np.ndarray:
+    """Any image the processor accepts → (H, W, 3) uint8 RGB numpy array, by the rules in the module
+    docstring (`index` names the image in error messages)."""
+    return _to_rgb_uint8(image, index, input_data_format)
+
+
 def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an integer map as detectron2 resizes segmentation maps: Pillow NEAREST for
     uint8 maps, torch `interpolate(mode="nearest")` otherwise."""
@@ -209,13 +217,6 @@ def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarra
         torch.from_numpy(label_map.astype(np.float64))[None, None], size=(height, width), mode="nearest"
     )[0, 0]
     return resized.numpy().astype(label_map.dtype)
-
-
-def _field(outputs: Any, name: str) -> Any:
-    value = getattr(outputs, name, None)
-    if value is None and isinstance(outputs, Mapping):
-        value = outputs.get(name)
-    return value
 
 
 class M2fHfImageProcessor(PilBackend):
@@ -451,108 +452,6 @@ class M2fHfImageProcessor(PilBackend):
             class_labels.append(classes)
         return mask_labels, class_labels
 
-    # ------------------------------------------------------------------ post-processing helpers
-    def _unpack(self, outputs: Any, target_sizes: Any) -> tuple[torch.Tensor, torch.Tensor, list, list]:
-        class_logits = _field(outputs, "class_queries_logits")
-        mask_logits = _field(outputs, "masks_queries_logits")
-        if class_logits is None or mask_logits is None:
-            raise ValueError("outputs must carry class_queries_logits and masks_queries_logits")
-        if class_logits.ndim != 3 or mask_logits.ndim != 4 or class_logits.shape[:2] != mask_logits.shape[:2]:
-            raise ValueError(
-                f"expected class logits (B, Q, K+1) and mask logits (B, Q, h, w), got "
-                f"{tuple(class_logits.shape)} "
-                f"and {tuple(mask_logits.shape)}"
-            )
-        # Half-precision outputs are post-processed in float32, the precision of the original rules.
-        if class_logits.dtype in (torch.float16, torch.bfloat16):
-            class_logits = class_logits.float()
-        if mask_logits.dtype in (torch.float16, torch.bfloat16):
-            mask_logits = mask_logits.float()
-        batch = class_logits.shape[0]
-        padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
-        image_sizes = _field(outputs, "image_sizes")
-        if image_sizes is None:
-            crops = [padded] * batch
-        else:
-            crops = [tuple(int(v) for v in s) for s in torch.as_tensor(image_sizes).tolist()]
-            if len(crops) != batch:
-                raise ValueError(f"outputs.image_sizes has {len(crops)} entries for a batch of {batch}")
-        if target_sizes is None:
-            targets = crops
-        else:
-            if isinstance(target_sizes, torch.Tensor):
-                target_sizes = target_sizes.tolist()
-            targets = [tuple(int(v) for v in s) for s in target_sizes]
-            if len(targets) != batch:
-                raise ValueError(f"got {len(targets)} target sizes for a batch of {batch}")
-        return class_logits, mask_logits, crops, targets
-
-    def _class_flags(self, ids: Sequence[int] | None, num_classes: int, device: torch.device) -> torch.Tensor:
-        flags = torch.zeros(num_classes, dtype=torch.bool, device=device)
-        if ids is not None:
-            ids = [int(i) for i in ids if 0 <= int(i) < num_classes]
-            if ids:
-                flags[torch.tensor(ids, device=device)] = True
-        return flags
-
-    def _fuse_flags(self, label_ids_to_fuse: Any, num_classes: int, device: torch.device) -> torch.Tensor:
-        """(K,) bool of the classes whose panoptic segments merge: the given ids, else all non-things."""
-        if label_ids_to_fuse is None:
-            things = range(num_classes) if self.thing_ids is None else self.thing_ids
-            return ~self._class_flags(things, num_classes, device)
-        return self._class_flags(label_ids_to_fuse, num_classes, device)
-
-    @staticmethod
-    def _panoptic_result(panoptic: torch.Tensor, segments: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """`panoptic_inference`'s map and per-segment tensors → the pipeline's result dict."""
-        labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
-        info = [
-            {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
-            for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused, strict=True))
-        ]
-        return {"segmentation": panoptic, "segments_info": info}
-
-    def _instance_result(
-        self,
-        class_logits: torch.Tensor,
-        mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-        output_size: tuple[int, int],
-        threshold: float | None,
-        mask_threshold: float,
-        return_binary_maps: bool,
-        return_coco_annotation: bool,
-    ) -> dict[str, Any]:
-        """One image's instances (see `postprocessing.instance_detections`; `mask_logits` as it takes them)
-        → the pipeline's result dict."""
-        num_classes = class_logits.shape[-1] - 1
-        things = None
-        if self.thing_ids is not None:
-            things = self._class_flags(self.thing_ids, num_classes, class_logits.device)
-        found = pp.instance_detections(
-            class_logits,
-            mask_logits,
-            self.test_topk_per_image,
-            things,
-            mask_threshold,
-            threshold,
-            output_size,
-        )
-        info = [
-            {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
-            for i, (label, score) in enumerate(
-                zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
-            )
-        ]
-        masks, mask_index = found["masks"], found["mask_index"]
-        if return_binary_maps:
-            segmentation = masks[mask_index]
-        elif return_coco_annotation:
-            encoded = pp.rle_encode(masks)  # each distinct mask once
-            segmentation = [dict(encoded[i]) for i in mask_index.tolist()]
-        else:
-            segmentation = pp.instance_map(masks, mask_index)
-        return {"segmentation": segmentation, "segments_info": info}
-
     # ------------------------------------------------------------------ post-processing
     def post_process_semantic_segmentation(
         self,
@@ -567,31 +466,20 @@ class M2fHfImageProcessor(PilBackend):
         `sem_seg_postprocess_before_inference=False` the score map is computed at the padded size and
         cropped/resized afterwards. The K score maps are evaluated a block of pixels (or a few classes)
         at a time unless `return_segmentation_scores` asks for them (then each item is a dict with
-        "segmentation" and "segmentation_scores"); see `postprocessing.semantic_argmax_low_res`.
+        "segmentation" and "segmentation_scores"); see `processing_postprocess.semantic_argmax_low_res`.
         """
-        class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
-        padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
-        results = []
-        for b in range(class_logits.shape[0]):
-            if self.sem_seg_postprocess_before_inference and not return_segmentation_scores:
-                results.append(
-                    pp.semantic_argmax_low_res(class_logits[b], mask_logits[b], crops[b], targets[b])
-                )
-                continue
-            if self.sem_seg_postprocess_before_inference:
-                masks = pp.masks_at_target(mask_logits[b], crops[b], targets[b])
-                crop = target = None
-            else:
-                masks = pp.upsample_to_padded(mask_logits[b], padded)
-                crop, target = crops[b], targets[b]
-            if return_segmentation_scores:
-                scores = pp.semantic_inference(class_logits[b], masks.sigmoid())
-                if crop is not None:
-                    scores = pp.crop_and_resize(scores, crop, target)
-                results.append({"segmentation": scores.argmax(dim=0), "segmentation_scores": scores})
-            else:
-                results.append(pp.semantic_argmax(class_logits[b], masks, crop, target))
-        return results
+        class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
+        return [
+            pp.semantic_segmentation(
+                class_logits[b],
+                mask_logits[b],
+                crops[b],
+                targets[b],
+                self.sem_seg_postprocess_before_inference,
+                return_segmentation_scores,
+            )
+            for b in range(class_logits.shape[0])
+        ]
 
     def post_process_panoptic_segmentation(
         self,
@@ -602,7 +490,7 @@ class M2fHfImageProcessor(PilBackend):
         label_ids_to_fuse: set[int] | None = None,
         target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
-        """Panoptic segmentation with the original rule (see `postprocessing.panoptic_inference`).
+        """Panoptic segmentation with the original rule (see `processing_postprocess.panoptic_inference`).
 
         Args:
             threshold: query score threshold (default: `object_mask_threshold`, 0.8).
@@ -620,34 +508,23 @@ class M2fHfImageProcessor(PilBackend):
         overlap = (
             self.overlap_threshold if overlap_mask_area_threshold is None else overlap_mask_area_threshold
         )
-        class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
-        num_classes = class_logits.shape[-1] - 1
-        device = mask_logits.device
-        fuse = self._fuse_flags(label_ids_to_fuse, num_classes, device)
-        results = []
-        for b in range(class_logits.shape[0]):
-            # only queries passing the score threshold can win pixels or form segments: upsample just those
-            # (same result as upsampling all, at a fraction of the full-resolution work)
-            scores, labels = class_logits[b].softmax(dim=-1).max(dim=-1)
-            kept = (labels.ne(num_classes) & (scores > threshold)).nonzero()[:, 0]
-            if kept.numel() == 0:
-                height, width = (int(v) for v in targets[b])
-                panoptic = torch.zeros((height, width), dtype=torch.int32, device=device)
-                segments = {k: kept for k in ("label", "score", "was_fused")}
-            else:
-                # only the kept queries are upsampled (a few at a time), with the planes of the full stack
-                masks = pp.query_masks(mask_logits[b], crops[b], targets[b])
-                panoptic, segments = pp.panoptic_inference(
-                    class_logits[b][kept],
-                    lambda queries, masks=masks, kept=kept: masks(kept[queries]),
-                    fuse,
-                    threshold,
-                    overlap,
-                    mask_threshold,
-                    targets[b],
-                )
-            results.append(self._panoptic_result(panoptic, segments))
-        return results
+        class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
+        fuse = pp.fuse_flags(
+            label_ids_to_fuse, self.thing_ids, class_logits.shape[-1] - 1, mask_logits.device
+        )
+        # only the kept queries are upsampled (a few at a time), with the planes of the full stack
+        return [
+            pp.panoptic_segmentation(
+                class_logits[b],
+                pp.query_masks(mask_logits[b], crops[b], targets[b]),
+                fuse,
+                threshold,
+                overlap,
+                mask_threshold,
+                targets[b],
+            )
+            for b in range(class_logits.shape[0])
+        ]
 
     def post_process_instance_segmentation(
         self,
@@ -659,7 +536,7 @@ class M2fHfImageProcessor(PilBackend):
         return_coco_annotation: bool = False,
         return_binary_maps: bool = False,
     ) -> list[dict[str, Any]]:
-        """Instance segmentation with the original rule (see `postprocessing.instance_inference`).
+        """Instance segmentation with the original rule (see `processing_postprocess.instance_inference`).
 
         Args:
             threshold: keep instances with score ≥ threshold (default None: no filtering, the original).
@@ -676,17 +553,20 @@ class M2fHfImageProcessor(PilBackend):
             `return_binary_maps` or `return_coco_annotation` for the full, overlapping masks.
             When `thing_ids` is set only thing classes are returned (as the original with panoptic on).
         """
-        if return_coco_annotation and return_binary_maps:
-            raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
-        class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
+        class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
+        things = None
+        if self.thing_ids is not None:
+            things = pp.class_flags(self.thing_ids, class_logits.shape[-1] - 1, class_logits.device)
         # only the queries of the detections are upsampled, a few at a time
         return [
-            self._instance_result(
+            pp.instance_segmentation(
                 class_logits[b],
                 pp.query_masks(mask_logits[b], crops[b], targets[b]),
-                targets[b],
-                threshold,
+                self.test_topk_per_image,
+                things,
                 mask_threshold,
+                threshold,
+                targets[b],
                 return_binary_maps,
                 return_coco_annotation,
             )

@@ -9,7 +9,8 @@ of the original `MaskFormer` test path (semantic, panoptic and instance inferenc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,10 @@ import torch.nn.functional as F
 __all__ = [
     "CLASS_CHUNK",
     "PIXEL_BLOCK",
+    "class_flags",
     "crop_and_resize",
+    "fuse_flags",
+    "instance_segmentation",
     "instance_detections",
     "instance_inference",
     "instance_map",
@@ -25,11 +29,14 @@ __all__ = [
     "masks_at_target",
     "query_masks",
     "panoptic_inference",
+    "panoptic_segmentation",
     "rle_decode",
     "rle_encode",
     "semantic_argmax",
     "semantic_argmax_low_res",
     "semantic_inference",
+    "semantic_segmentation",
+    "unpack_outputs",
     "upsample_to_padded",
 ]
 
@@ -424,8 +431,13 @@ def panoptic_inference(
     scores, labels = class_logits.softmax(dim=-1).max(dim=-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     # Queries that are not kept can never win a pixel over a kept one (probabilities are >= 0), and their
-    # counts are masked out by `keep` below: when any query is kept only kept queries need their masks.
-    visited = keep.nonzero()[:, 0] if bool(keep.any()) else torch.arange(num_queries, device=device)
+    # counts are masked out by `keep` below: only kept queries need their masks, and with none kept
+    # there is no segment.
+    visited = keep.nonzero()[:, 0]
+    if visited.numel() == 0:
+        none = visited
+        segments = {"query": none, "label": labels[none], "score": scores[none], "was_fused": none.bool()}
+        return torch.zeros((height, width), dtype=torch.int32, device=device), segments
 
     best = torch.full((height, width), -math.inf, dtype=torch.float32, device=device)
     position = torch.zeros((height, width), dtype=torch.long, device=device)  # winner's index in visited
@@ -437,8 +449,6 @@ def panoptic_inference(
         own = prob_masks >= mask_threshold
         original_area[queries] = _count(own).long()
         prob_masks.mul_(scores[queries][:, None, None])
-        if not bool(keep[queries].all()):
-            prob_masks = torch.where(keep[queries][:, None, None], prob_masks, -1.0)
         value, index = prob_masks.max(dim=0)
         better = value > best  # strict: an earlier query keeps its pixels on ties
         best = torch.maximum(best, value)
@@ -678,3 +688,181 @@ def rle_decode(rle: dict) -> torch.Tensor:
     values = torch.arange(len(counts)) % 2 == 1
     flat = torch.repeat_interleave(values, torch.tensor(counts, dtype=torch.long))
     return flat.reshape(width, height).t().contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model outputs → the pipeline's result formats. The processor's `post_process_*` methods and test-time
+# augmentation both go through these, one call path per task.
+
+
+def _field(outputs: Any, name: str) -> Any:
+    value = getattr(outputs, name, None)
+    if value is None and isinstance(outputs, Mapping):
+        value = outputs.get(name)
+    return value
+
+
+def unpack_outputs(
+    outputs: Any, target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Model outputs (an output object or a mapping) → (class logits (B, Q, K+1), mask logits (B, Q, h, w),
+    crop size per image, output size per image).
+
+    The crop is `outputs.image_sizes` (the resized image inside the padded batch; the whole padded size
+    when absent) and the output size is `target_sizes` (default: the crop). Half-precision logits are
+    returned in float32, the precision of the original rules."""
+    class_logits = _field(outputs, "class_queries_logits")
+    mask_logits = _field(outputs, "masks_queries_logits")
+    if class_logits is None or mask_logits is None:
+        raise ValueError("outputs must carry class_queries_logits and masks_queries_logits")
+    if class_logits.ndim != 3 or mask_logits.ndim != 4 or class_logits.shape[:2] != mask_logits.shape[:2]:
+        raise ValueError(
+            f"expected class logits (B, Q, K+1) and mask logits (B, Q, h, w), got "
+            f"{tuple(class_logits.shape)} "
+            f"and {tuple(mask_logits.shape)}"
+        )
+    if class_logits.dtype in (torch.float16, torch.bfloat16):
+        class_logits = class_logits.float()
+    if mask_logits.dtype in (torch.float16, torch.bfloat16):
+        mask_logits = mask_logits.float()
+    batch = class_logits.shape[0]
+    padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+    image_sizes = _field(outputs, "image_sizes")
+    if image_sizes is None:
+        crops = [padded] * batch
+    else:
+        crops = [tuple(int(v) for v in s) for s in torch.as_tensor(image_sizes).tolist()]
+        if len(crops) != batch:
+            raise ValueError(f"outputs.image_sizes has {len(crops)} entries for a batch of {batch}")
+    if target_sizes is None:
+        targets = crops
+    else:
+        if isinstance(target_sizes, torch.Tensor):
+            target_sizes = target_sizes.tolist()
+        targets = [tuple(int(v) for v in s) for s in target_sizes]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} target sizes for a batch of {batch}")
+    return class_logits, mask_logits, crops, targets
+
+
+def class_flags(
+    ids: Sequence[int] | None, num_classes: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """(K,) bool, True at the given class ids (ids outside 0..K-1 are ignored)."""
+    flags = torch.zeros(num_classes, dtype=torch.bool, device=device)
+    if ids is not None:
+        ids = [int(i) for i in ids if 0 <= int(i) < num_classes]
+        if ids:
+            flags[torch.tensor(ids, device=device)] = True
+    return flags
+
+
+def fuse_flags(
+    label_ids_to_fuse: Sequence[int] | None,
+    thing_ids: Sequence[int] | None,
+    num_classes: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """(K,) bool of the classes whose panoptic segments merge: `label_ids_to_fuse` when given, else every
+    class not in `thing_ids` (the original's stuff classes; with `thing_ids=None` nothing merges)."""
+    if label_ids_to_fuse is None:
+        things = range(num_classes) if thing_ids is None else thing_ids
+        return ~class_flags(things, num_classes, device)
+    return class_flags(label_ids_to_fuse, num_classes, device)
+
+
+def semantic_segmentation(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+    postprocess_before_inference: bool = True,
+    return_scores: bool = False,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """One image's semantic map (H, W) long at `output_size`, from (Q, K+1) class logits and (Q, h, w)
+    mask logits at 1/4 of the padded input whose top-left `image_size` is the image.
+
+    With `postprocess_before_inference` (the original's `sem_seg_postprocess_before_inference`) the mask
+    logits are upsampled, cropped and resized before the rule (`semantic_argmax_low_res`, a block of pixels
+    at a time); otherwise the score map is computed at the padded size and cropped/resized afterwards.
+    `return_scores` returns {"segmentation", "segmentation_scores" (K, H, W)} instead."""
+    if postprocess_before_inference and not return_scores:
+        return semantic_argmax_low_res(class_logits, mask_logits, image_size, output_size)
+    if postprocess_before_inference:
+        masks = masks_at_target(mask_logits, image_size, output_size)
+        crop = target = None
+    else:
+        masks = upsample_to_padded(mask_logits, (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1]))
+        crop, target = image_size, output_size
+    if not return_scores:
+        return semantic_argmax(class_logits, masks, crop, target)
+    scores = semantic_inference(class_logits, masks.sigmoid())
+    if crop is not None:
+        scores = crop_and_resize(scores, crop, target)
+    return {"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
+
+
+def panoptic_segmentation(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    fuse_classes: torch.Tensor,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+    mask_threshold: float = 0.5,
+    output_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """`panoptic_inference` (same arguments; only the kept queries' masks are requested) → the pipeline's
+    result {"segmentation": (H, W) int32, "segments_info": [{"id", "label_id", "was_fused", "score"}]}."""
+    panoptic, segments = panoptic_inference(
+        class_logits,
+        mask_logits,
+        fuse_classes,
+        object_mask_threshold,
+        overlap_threshold,
+        mask_threshold,
+        output_size,
+    )
+    labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
+    info = [
+        {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
+        for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused, strict=True))
+    ]
+    return {"segmentation": panoptic, "segments_info": info}
+
+
+def instance_segmentation(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    topk: int = 100,
+    thing_classes: torch.Tensor | None = None,
+    mask_threshold: float = 0.5,
+    score_threshold: float | None = None,
+    output_size: tuple[int, int] | None = None,
+    return_binary_maps: bool = False,
+    return_coco_annotation: bool = False,
+) -> dict[str, Any]:
+    """`instance_detections` (same arguments) → the pipeline's result {"segmentation", "segments_info"}.
+
+    "segmentation" is an (H, W) int32 map where overlapping pixels go to the better detection
+    (`instance_map`), the (N, H, W) bool masks with `return_binary_maps`, or one COCO RLE dict per
+    detection with `return_coco_annotation`."""
+    if return_coco_annotation and return_binary_maps:
+        raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
+    found = instance_detections(
+        class_logits, mask_logits, topk, thing_classes, mask_threshold, score_threshold, output_size
+    )
+    info = [
+        {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
+        for i, (label, score) in enumerate(
+            zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
+        )
+    ]
+    masks, mask_index = found["masks"], found["mask_index"]
+    if return_binary_maps:
+        segmentation = masks[mask_index]
+    elif return_coco_annotation:
+        encoded = rle_encode(masks)  # each distinct mask once
+        segmentation = [dict(encoded[i]) for i in mask_index.tolist()]
+    else:
+        segmentation = instance_map(masks, mask_index)
+    return {"segmentation": segmentation, "segments_info": info}
