@@ -42,7 +42,7 @@ if str(ROOT / "src") not in sys.path:
 import transformers  # noqa: E402
 from transformers import SwinConfig  # noqa: E402
 
-from m2f_hf.conversion_transformers import convert_transformers_checkpoint  # noqa: E402
+from m2f_hf.ecosystem_convert import convert_transformers_checkpoint  # noqa: E402
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor  # noqa: E402
 from m2f_hf.modeling_deform_attn_triton import KERNEL_ENV  # noqa: E402
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation  # noqa: E402

@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from m2f_hf.conversion_label_sets import LABEL_SETS
-from m2f_hf.conversion_transformers import TORCH_DTYPES, convert_transformers_checkpoint
+from m2f_hf.conversion_settings import TORCH_DTYPES
+from m2f_hf.ecosystem_convert import convert_transformers_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -32,21 +32,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+from m2f_hf.ecosystem_model_card import write_model_card
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
+from m2f_hf.processing_postprocess import TASKS
 from m2f_hf.training_augmentation import large_scale_jitter, semantic_segmentation_augmentation
-from m2f_hf.training_recipe import (
-    TASKS,
-    PointSampler,
+from m2f_hf.training_data import (
     SegmentationCollator,
     SegmentationEvalCollator,
     TrainTransform,
-    build_lr_lambda,
-    build_optimizer,
-    evaluate,
     normalize_sample,
     sample_seed,
-    write_model_card,
 )
+from m2f_hf.training_evaluation import evaluate
+from m2f_hf.training_recipe import PointSampler, build_lr_lambda, build_optimizer
 
 LOSS_SUMMARY_TERMS = ("loss_ce", "loss_mask", "loss_dice")
 
@@ -425,10 +423,9 @@ def build_processor(args: argparse.Namespace, config: Mask2FormerConfig) -> M2fH
     return M2fHfImageProcessor(
         size={"shortest_edge": shortest, "longest_edge": max(shortest, int(shortest * 1333 / 800))},
         thing_ids=config.thing_ids,
-        object_mask_threshold=config.object_mask_threshold,
-        overlap_threshold=config.overlap_threshold,
-        test_topk_per_image=config.test_topk_per_image,
-        sem_seg_postprocess_before_inference=config.sem_seg_postprocess_before_inference,
+        # the processor's thresholds (0.8 / 0.8 / 100 detections); the semantic map resized after the rule,
+        # the original's default for semantic-only configs
+        sem_seg_postprocess_before_inference=False,
         size_divisibility=config.size_divisibility,
     )
 

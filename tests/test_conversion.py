@@ -17,7 +17,6 @@ from m2f_hf.conversion_checkpoint_io import load_original_checkpoint
 from m2f_hf.conversion_label_sets import LABEL_SETS, get_label_set
 from m2f_hf.conversion_original import (
     _derived_buffers,
-    convert_checkpoint,
     infer_architecture,
     infer_settings_from_state_dict,
     map_state_dict,
@@ -25,6 +24,7 @@ from m2f_hf.conversion_original import (
     rename_state_dict,
 )
 from m2f_hf.conversion_settings import load_original_yaml, settings_from_original_config
+from m2f_hf.ecosystem_convert import convert_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "model_final.pkl").is_file())
@@ -107,10 +107,11 @@ def test_fixture_yaml_maps_to_expected_settings(name):
         flags["instance_on"],
         flags["panoptic_on"],
     )
-    assert cfg.sem_seg_postprocess_before_inference == flags["sem_seg_postprocess_before_inference"]
-    assert cfg.object_mask_threshold == meta["object_mask_threshold"]
-    assert cfg.overlap_threshold == meta["overlap_threshold"]
-    assert cfg.test_topk_per_image == meta["test_topk_per_image"]
+    # the test-time thresholds and flags are the processor's (configuration_m2f.PROCESSOR_SETTINGS)
+    assert proc["sem_seg_postprocess_before_inference"] == flags["sem_seg_postprocess_before_inference"]
+    assert proc["object_mask_threshold"] == meta["object_mask_threshold"]
+    assert proc["overlap_threshold"] == meta["overlap_threshold"]
+    assert proc["test_topk_per_image"] == meta["test_topk_per_image"]
     assert cfg.size_divisibility == meta["size_divisibility"]
     assert list(cfg.thing_ids) == meta["thing_contiguous_ids"]
     assert proc["size"] == {"shortest_edge": meta["min_size_test"], "longest_edge": meta["max_size_test"]}
@@ -194,7 +195,7 @@ MODEL:
         LABEL_SETS["ade20k_panoptic"].thing_ids
     )
     assert settings.processor_kwargs["size"] == {"shortest_edge": 640, "longest_edge": 2560}
-    assert cfg.sem_seg_postprocess_before_inference is True
+    assert settings.processor_kwargs["sem_seg_postprocess_before_inference"] is True
 
 
 def test_bgr_config_reverses_mean_and_std(tmp_path):

@@ -346,7 +346,7 @@ def test_truncated_checkpoint_raises(saved_transformers_model, tmp_path):
 def test_mapillary_uses_the_zoo_ignore_value():
     settings = settings_from_transformers_config(_generic(65), dataset="mapillary_semantic")
     assert settings.config.ignore_value == 65 and settings.processor_kwargs["ignore_index"] == 65
-    assert settings.config.object_mask_threshold == 0.0
+    assert settings.processor_kwargs["object_mask_threshold"] == 0.0
 
 
 # ---------------------------------------------------------------- native Swin vs transformers' Swin

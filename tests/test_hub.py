@@ -67,10 +67,12 @@ def test_folder_contents_and_auto_map(hub_folders):
     modules = hub.remote_code_modules()
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= names
     assert {f"{m}.py" for m in modules} | {f"{hub.ENTRY_MODULE}.py"} <= names
-    # lazily imported modules (targets, convert_transformers...) and `from . import x` ones are included
-    expected = {"processing_postprocess", "processing_targets", "conversion_transformers", "pipeline_m2f"}
+    # lazily imported modules (targets...) and `from . import x` ones are included; the inference layer only
+    # (the exact list and line budget: test_architecture.py)
+    expected = {"processing_postprocess", "processing_targets", "pipeline_m2f"}
     assert expected <= set(modules)
     assert "ecosystem_cli" not in modules and "training_recipe" not in modules
+    assert "conversion_transformers" not in modules and "ecosystem_hub" not in modules
     config = json.loads((folder / "config.json").read_text())
     assert set(config["auto_map"]) == {
         "AutoConfig",

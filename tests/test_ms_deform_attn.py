@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import multi_scale_deformable_attention, multi_scale_deformable_attention_grid_sample
 
 import m2f_hf.modeling_deform_attn as msda
-from m2f_hf.modeling_deform_attn import (
-    MSDeformAttn,
-    multi_scale_deformable_attention,
-    multi_scale_deformable_attention_grid_sample,
-)
+from m2f_hf.modeling_deform_attn import MSDeformAttn
 
 SHAPES = [(7, 9), (4, 5), (2, 3)]
 

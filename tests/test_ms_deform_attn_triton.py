@@ -35,8 +35,10 @@ def test_kernels_match_the_original_formulation_values_and_gradients():
     # (clamped: zero padding and zero position gradient), three levels of different sizes
     diffs = _run_interpreted(
         """
-        import json, os, torch
+        import json, os, sys, torch
         from m2f_hf import modeling_deform_attn as mda
+        sys.path.insert(0, "tests")
+        from conftest import multi_scale_deformable_attention, multi_scale_deformable_attention_grid_sample
         torch.manual_seed(0)
         shapes = [(6, 5), (3, 4), (2, 2)]
         B, M, D, P, Q = 2, 3, 6, 3, 70
@@ -49,8 +51,8 @@ def test_kernels_match_the_original_formulation_values_and_gradients():
             out = fn(value, shapes, loc, attn)
             return (out, *torch.autograd.grad(out, (value, loc, attn), grad))
         assert mda.use_triton(value)
-        ours = run(mda.multi_scale_deformable_attention)
-        reference = run(mda.multi_scale_deformable_attention_grid_sample)
+        ours = run(multi_scale_deformable_attention)
+        reference = run(multi_scale_deformable_attention_grid_sample)
         scale = [r.abs().max().item() for r in reference]
         print(json.dumps([(o - r).abs().max().item() / s for o, r, s in zip(ours, reference, scale)]))
         """

@@ -16,17 +16,15 @@ import torch
 from safetensors.torch import load_file
 
 from m2f_hf import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
-from m2f_hf.training_recipe import (
-    PointSampler,
+from m2f_hf.training_data import (
     SegmentationCollator,
     SegmentationEvalCollator,
     TrainTransform,
-    build_lr_lambda,
-    evaluate,
     normalize_sample,
-    param_groups,
     sample_seed,
 )
+from m2f_hf.training_evaluation import evaluate
+from m2f_hf.training_recipe import PointSampler, build_lr_lambda, param_groups
 from m2f_hf.training_synthetic import CATEGORY_ID_TO_CONTIGUOUS, make_synthetic_dataset, write_coco_panoptic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +260,7 @@ def test_hub_folder_and_model_card(short_run):
     assert "trained from scratch" in card and "**License:** apache-2.0" in card
     assert "--max_steps 6" in card or "max_steps | 6" in card
     # the reloaded model predicts what the trained one evaluated to
-    from m2f_hf.training_recipe import SegmentationEvalCollator as Collator
+    from m2f_hf.training_data import SegmentationEvalCollator as Collator
 
     samples = [
         normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)

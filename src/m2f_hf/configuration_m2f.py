@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -9,6 +10,17 @@ from transformers import PreTrainedConfig
 
 BACKBONE_TYPES = ("resnet", "swin", "auto")
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
+# Test-time settings owned by the image processor (`M2fHfImageProcessor`, saved in preprocessor_config.json).
+# config.json files written before carry copies that inference never read: loading drops them with a note.
+PROCESSOR_SETTINGS = (
+    "object_mask_threshold",
+    "overlap_threshold",
+    "test_topk_per_image",
+    "sem_seg_postprocess_before_inference",
+)
+
+logger = logging.getLogger(__name__)
+_noted: set[tuple[str, ...]] = set()  # each set of dropped keys is noted once per process
 
 RESNET_DEFAULTS: dict[str, Any] = {
     "depth": 50,
@@ -89,19 +101,24 @@ class Mask2FormerConfig(PreTrainedConfig):
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     use_auxiliary_loss: bool = True  # DEEP_SUPERVISION
-    # test-time behaviour (MODEL.MASK_FORMER.TEST.*, TEST.DETECTIONS_PER_IMAGE)
+    # the tasks the checkpoint was made for (MODEL.MASK_FORMER.TEST.*_ON); the test-time thresholds and
+    # flags belong to the image processor (`PROCESSOR_SETTINGS`)
     thing_ids: list[int] | None = None  # contiguous ids of "thing" classes; None: all classes are things
     semantic_on: bool = True
     instance_on: bool = False
     panoptic_on: bool = False
-    object_mask_threshold: float = 0.8
-    overlap_threshold: float = 0.8
-    test_topk_per_image: int = 100
-    sem_seg_postprocess_before_inference: bool = False
     init_std: float = 0.02
     output_auxiliary_logits: bool | None = None
 
     def __post_init__(self, **kwargs):
+        dropped = {key: kwargs.pop(key) for key in PROCESSOR_SETTINGS if key in kwargs}
+        if dropped and tuple(dropped) not in _noted:
+            _noted.add(tuple(dropped))
+            logger.warning(
+                f"Mask2FormerConfig: ignoring {dropped} (from an older config.json?): these test-time "
+                "settings belong to the image processor (preprocessor_config.json), which inference has "
+                "always read them from; set them there"
+            )
         if self.backbone_type not in BACKBONE_TYPES:
             raise ValueError(f"backbone_type must be one of {BACKBONE_TYPES}, got {self.backbone_type!r}")
         defaults = {"resnet": RESNET_DEFAULTS, "swin": SWIN_DEFAULTS}.get(self.backbone_type)
@@ -144,4 +161,4 @@ class Mask2FormerConfig(PreTrainedConfig):
         return [i in ids for i in range(self.num_labels)]
 
 
-__all__ = ["Mask2FormerConfig"]
+__all__ = ["PROCESSOR_SETTINGS", "Mask2FormerConfig"]

@@ -1,8 +1,9 @@
-"""Convert original detectron2 Mask2Former checkpoints into m2f_hf model folders.
+"""Convert original detectron2 Mask2Former checkpoints into m2f_hf models.
 
 Three steps, each usable on its own: name mapping (`rename_original_key`, `map_state_dict`),
-architecture settings (from the original yaml via `original_config`, or inferred from tensor shapes
-with `infer_settings_from_state_dict`), and writing the folder (`convert_checkpoint`).
+architecture settings (from the original yaml via `conversion_settings`, or inferred from tensor shapes
+with `infer_settings_from_state_dict`), and the converted model (`import_original_checkpoint`).
+`ecosystem_convert.convert_checkpoint` writes the model folder.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from .conversion_label_sets import LABEL_SETS
 from .conversion_settings import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
+    TORCH_DTYPES,
     OriginalSettings,
+    build_processor,
     label_kwargs,
     processor_kwargs_for,
     resolve_label_set,
@@ -33,6 +36,7 @@ from .conversion_settings import (
     zoo_config_kwargs,
     zoo_test_settings,
 )
+from .deprecated_modules import moved_names
 
 # original prefix -> our prefix, first match wins (sub-names below the prefix are kept as they are)
 KEY_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -48,7 +52,6 @@ DROPPABLE_SUFFIXES = ("num_batches_tracked", "attn.relative_position_index")
 TRAINING_ONLY_PREFIXES = ("criterion.",)
 # First layer of each backbone: its input channels are flipped when the original was fed BGR.
 FIRST_LAYER_WEIGHTS = ("model.backbone.stem.conv1.weight", "model.backbone.patch_embed.proj.weight")
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ORIGINAL_LICENSE = "cc-by-nc-4.0"
 
 
@@ -354,9 +357,7 @@ def infer_settings_from_state_dict(sd: Mapping[str, torch.Tensor], dataset: str)
         **zoo_config_kwargs(test),
         **labels,
     )
-    processor_kwargs = processor_kwargs_for(
-        config, test["min_size"], test["max_size"], IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-    )
+    processor_kwargs = processor_kwargs_for(config, test, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)
     notes.append(f"test sizes and post-processing flags taken from the zoo configs of {label_set.key}")
     return OriginalSettings(
         config=config,
@@ -378,12 +379,12 @@ def rename_state_dict(original: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return renamed
 
 
-# ---------------------------------------------------------------- writing the folder
+# ---------------------------------------------------------------- the converted model
 
 
 @dataclass
 class ConversionReport:
-    output_dir: Path
+    output_dir: Path | None
     settings: OriginalSettings
     mapping: KeyMapping
     checkpoint: Path
@@ -419,60 +420,17 @@ def _derived_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return derived
 
 
-def build_processor(settings: OriginalSettings):
-    """The image processor that reproduces the original test-time preprocessing and post-processing."""
-    from .image_processing_m2f import M2fHfImageProcessor
-
-    return M2fHfImageProcessor(**settings.processor_kwargs)
-
-
-def model_card(report: ConversionReport, repo_id: str | None, processor: Any = None) -> str:
-    """README.md of a converted folder: `hub.build_model_card` with the conversion's provenance."""
-    from .ecosystem_hub import build_model_card
-
-    s, cfg = report.settings, report.settings.config
-    source_cfg = s.source.get("config_file") or "none (architecture inferred from the weights)"
-    details = [
-        f"**Source checkpoint:** `{report.checkpoint.name}` (sha256 `{report.checkpoint_sha256}`)",
-        f"**Source config:** `{source_cfg}`",
-    ]
-    if report.flipped_input_channels:
-        details.append(
-            "The original was fed BGR images; the first-layer weights were re-ordered so this model "
-            "takes RGB."
-        )
-    return build_model_card(
-        cfg,
-        name=repo_id or str(report.output_dir),
-        license=ORIGINAL_LICENSE,
-        summary=(
-            'Mask2Former (Cheng et al., "Masked-attention Mask Transformer for Universal Image '
-            'Segmentation", CVPR 2022) converted from the original detectron2 checkpoint of '
-            "facebookresearch/Mask2Former into the `m2f_hf` format (same weights, same computation, the "
-            "original test-time pre- and post-processing)."
-        ),
-        processor=processor,
-        dataset=s.dataset,
-        details=details,
-        license_note=(
-            "The original Mask2Former model-zoo weights are released under CC BY-NC 4.0 (non-commercial); "
-            "these converted weights carry the same license."
-        ),
-        notes=[report.mapping.summary(), *s.notes],
-    )
-
-
-def convert_checkpoint(
+def import_original_checkpoint(
     checkpoint: str | Path | OriginalCheckpoint,
-    output_dir: str | Path,
+    output_dir: str | Path | None = None,
     config_path: str | Path | None = None,
     dataset: str | None = None,
     dtype: str = "float32",
-    push_to_hub: str | None = None,
     strict: bool = True,
     progress: bool = True,
 ) -> ConversionReport:
-    """Convert one original checkpoint into `output_dir` (config, weights, processor, model card).
+    """Convert one original checkpoint into an m2f_hf model (in `report.model`) with its settings; nothing
+    is written (`ecosystem_convert.convert_checkpoint` writes the folder, `output_dir` is only recorded).
 
     strict: unused original keys or missing model keys are an error (otherwise listed in the report).
     """
@@ -509,10 +467,8 @@ def convert_checkpoint(
         raise RuntimeError(f"load_state_dict disagreed with the mapping: {result}")
     model = model.to(TORCH_DTYPES[dtype])
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    report = ConversionReport(
-        output_dir=output_dir,
+    return ConversionReport(
+        output_dir=None if output_dir is None else Path(output_dir),
         settings=settings,
         mapping=mapping,
         checkpoint=ckpt.path,
@@ -520,23 +476,17 @@ def convert_checkpoint(
         flipped_input_channels=flipped,
         model=model,
     )
-    from .ecosystem_hub import save_for_hub
 
-    processor = build_processor(settings)
-    save_for_hub(
-        model,
-        processor,
-        output_dir,
-        card=model_card(report, push_to_hub, processor),
-        push_to_hub=push_to_hub,
-    )
-    return report
 
+__getattr__ = moved_names(
+    __name__, {"convert_checkpoint": "ecosystem_convert", "model_card": "ecosystem_convert"}
+)
 
 __all__ = [
     "ConversionReport",
     "KeyMapping",
-    "convert_checkpoint",
+    "build_processor",
+    "import_original_checkpoint",
     "infer_architecture",
     "infer_settings_from_state_dict",
     "map_state_dict",

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .configuration_m2f import SWIN_DEFAULTS, Mask2FormerConfig
 from .conversion_label_sets import DATASET_NAME_TO_LABEL_SET, LabelSet, get_label_set
+from .image_processing_m2f import PIXEL_MEAN, PIXEL_STD
 
 ORIGINAL_DEFAULTS: dict[str, Any] = {
     "MODEL": {
@@ -139,8 +141,11 @@ ZOO_DATASET_SETTINGS: dict[str, dict[str, Any]] = {
 }
 # ADE20K semantic Swin models pretrained at 384 (window 12) were trained and tested at 640
 ADE20K_SEMANTIC_SWIN384_SIZES = (640, 2560)
-IMAGENET_MEAN_RGB = [123.675, 116.28, 103.53]
-IMAGENET_STD_RGB = [58.395, 57.12, 57.375]
+# the processor's defaults: ImageNet mean / std in the 0-255 RGB scale
+IMAGENET_MEAN_RGB = list(PIXEL_MEAN)
+IMAGENET_STD_RGB = list(PIXEL_STD)
+# `dtype` names accepted by the converters and the CLI
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -362,21 +367,30 @@ def label_kwargs(
 
 
 def processor_kwargs_for(
-    config: Mask2FormerConfig, min_size: int, max_size: int, mean_rgb: list[float], std_rgb: list[float]
+    config: Mask2FormerConfig, test: Mapping[str, Any], mean_rgb: list[float], std_rgb: list[float]
 ) -> dict[str, Any]:
-    """Keyword arguments of `M2fHfImageProcessor` for the original's test-time behaviour."""
+    """Keyword arguments of `M2fHfImageProcessor` for the original's test-time behaviour: `test` holds the
+    test sizes ("min_size", "max_size") and the processor's test-time settings (`PROCESSOR_SETTINGS`)."""
     return {
-        "size": {"shortest_edge": int(min_size), "longest_edge": int(max_size)},
+        "size": {"shortest_edge": int(test["min_size"]), "longest_edge": int(test["max_size"])},
         "image_mean": [float(v) for v in mean_rgb],
         "image_std": [float(v) for v in std_rgb],
         "size_divisibility": int(config.size_divisibility),
         "ignore_index": int(config.ignore_value),
         "thing_ids": None if config.thing_ids is None else list(config.thing_ids),
-        "object_mask_threshold": float(config.object_mask_threshold),
-        "overlap_threshold": float(config.overlap_threshold),
-        "test_topk_per_image": int(config.test_topk_per_image),
-        "sem_seg_postprocess_before_inference": bool(config.sem_seg_postprocess_before_inference),
+        "object_mask_threshold": float(test["object_mask_threshold"]),
+        "overlap_threshold": float(test["overlap_threshold"]),
+        "test_topk_per_image": int(test["test_topk_per_image"]),
+        "sem_seg_postprocess_before_inference": bool(test["sem_seg_postprocess_before_inference"]),
     }
+
+
+def build_processor(settings: OriginalSettings):
+    """The image processor of converted settings (the original test-time preprocessing and
+    post-processing): the one processor builder of both converters."""
+    from .image_processing_m2f import M2fHfImageProcessor
+
+    return M2fHfImageProcessor(**settings.processor_kwargs)
 
 
 def settings_from_original_config(
@@ -465,18 +479,20 @@ def settings_from_original_config(
         semantic_on=semantic_on,
         instance_on=instance_on,
         panoptic_on=panoptic_on,
-        object_mask_threshold=float(test["OBJECT_MASK_THRESHOLD"]),
-        overlap_threshold=float(test["OVERLAP_THRESHOLD"]),
-        test_topk_per_image=int(cfg["TEST"]["DETECTIONS_PER_IMAGE"]),
-        # the original post-processes before inference whenever instance or panoptic output is on
-        sem_seg_postprocess_before_inference=bool(test["SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE"])
-        or panoptic_on
-        or instance_on,
         **labels,
     )
-    processor_kwargs = processor_kwargs_for(
-        config, cfg["INPUT"]["MIN_SIZE_TEST"], cfg["INPUT"]["MAX_SIZE_TEST"], mean, std
-    )
+    processor_test = {
+        "min_size": cfg["INPUT"]["MIN_SIZE_TEST"],
+        "max_size": cfg["INPUT"]["MAX_SIZE_TEST"],
+        "object_mask_threshold": float(test["OBJECT_MASK_THRESHOLD"]),
+        "overlap_threshold": float(test["OVERLAP_THRESHOLD"]),
+        "test_topk_per_image": int(cfg["TEST"]["DETECTIONS_PER_IMAGE"]),
+        # the original post-processes before inference whenever instance or panoptic output is on
+        "sem_seg_postprocess_before_inference": bool(test["SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE"])
+        or panoptic_on
+        or instance_on,
+    }
+    processor_kwargs = processor_kwargs_for(config, processor_test, mean, std)
     source.update(
         meta_architecture=model["META_ARCHITECTURE"],
         backbone=model["BACKBONE"]["NAME"],
@@ -515,20 +531,13 @@ def zoo_test_settings(dataset: str, backbone_type: str, window_size: int | None 
     }
 
 
-# the `zoo_test_settings` entries that are Mask2FormerConfig fields of the same name
-ZOO_CONFIG_FIELDS = (
-    "semantic_on",
-    "instance_on",
-    "panoptic_on",
-    "object_mask_threshold",
-    "overlap_threshold",
-    "test_topk_per_image",
-    "sem_seg_postprocess_before_inference",
-)
+# the `zoo_test_settings` entries that are Mask2FormerConfig fields of the same name (the others are sizes
+# and the image processor's `PROCESSOR_SETTINGS`)
+ZOO_CONFIG_FIELDS = ("semantic_on", "instance_on", "panoptic_on")
 
 
 def zoo_config_kwargs(test: Mapping[str, Any]) -> dict[str, Any]:
-    """The inference options of `zoo_test_settings(...)` as Mask2FormerConfig keyword arguments."""
+    """The task flags of `zoo_test_settings(...)` as Mask2FormerConfig keyword arguments."""
     return {key: test[key] for key in ZOO_CONFIG_FIELDS}
 
 
@@ -538,8 +547,14 @@ def swin_pretrain_size_for_window(window_size: int) -> int:
 
 
 __all__ = [
+    "IMAGENET_MEAN_RGB",
+    "IMAGENET_STD_RGB",
     "ORIGINAL_DEFAULTS",
     "OriginalSettings",
+    "TORCH_DTYPES",
+    "ZOO_CONFIG_FIELDS",
+    "build_processor",
+    "processor_kwargs_for",
     "ZOO_DATASET_SETTINGS",
     "effective_original_config",
     "load_original_yaml",

@@ -14,10 +14,11 @@ takes three steps, each usable on its own:
   the transformers image-processor settings (384x384 resize) are *not* carried over: the original
   test-time resize of the checkpoint's dataset is used instead, found from `dataset`, the checkpoint's
   name or folder, or its label count and class names.
-* `load_transformers_checkpoint` / `convert_transformers_checkpoint` do both for a folder and return the
-  model or write an m2f_hf folder (config, weights, image processor).
+* `import_transformers_checkpoint` / `load_transformers_checkpoint` do both for a folder and return the
+  model (`ecosystem_convert.convert_transformers_checkpoint` writes an m2f_hf folder from it).
 
-`maybe_convert_transformers_folder` is the hook `from_pretrained` uses to accept such folders directly.
+`maybe_convert_transformers_folder` is the loader that `m2f_hf`'s registration installs into
+`from_pretrained` (`modeling_m2f.register_checkpoint_loader`) to accept such folders directly.
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ from .conversion_label_sets import LABEL_SETS, LabelSet, get_label_set
 from .conversion_settings import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
+    TORCH_DTYPES,
     OriginalSettings,
+    build_processor,
     processor_kwargs_for,
+    zoo_config_kwargs,
     zoo_test_settings,
 )
+from .deprecated_modules import moved_names
 
 TRANSFORMERS_MODEL_TYPE = "mask2former"
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # detectron2's own INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, used when the dataset cannot be told
 DETECTRON2_DEFAULT_TEST_SIZE = (800, 1333)
 # transformers' Mask2Former hard-wires these; ours makes them options
@@ -493,18 +497,10 @@ def settings_from_transformers_config(
         output_auxiliary_logits=cfg.get("output_auxiliary_logits"),
         id2label=names,
         thing_ids=thing_ids,
-        semantic_on=test["semantic_on"],
-        instance_on=test["instance_on"],
-        panoptic_on=test["panoptic_on"],
-        object_mask_threshold=test["object_mask_threshold"],
-        overlap_threshold=test["overlap_threshold"],
-        test_topk_per_image=test["test_topk_per_image"],
-        sem_seg_postprocess_before_inference=test["sem_seg_postprocess_before_inference"],
+        **zoo_config_kwargs(test),
         **_TRANSFORMERS_FIXED,
     )
-    processor_kwargs = processor_kwargs_for(
-        ours, test["min_size"], test["max_size"], IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-    )
+    processor_kwargs = processor_kwargs_for(ours, test, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)
     notes.append(
         f"transformers' image-processor settings replaced by the original test-time resize (shortest edge "
         f"{test['min_size']}, longest {test['max_size']}, ImageNet mean/std on 0-255, pad to 32)"
@@ -527,13 +523,6 @@ def config_from_transformers_config(
 ) -> Mask2FormerConfig:
     """Our `Mask2FormerConfig` for a transformers Mask2Former config (`settings_from_transformers_config`)."""
     return settings_from_transformers_config(config, dataset, name_hints, native_swin).config
-
-
-def build_processor_from_settings(settings: OriginalSettings):
-    """Our image processor: the original test-time preprocessing and the config's post-processing flags."""
-    from .image_processing_m2f import M2fHfImageProcessor
-
-    return M2fHfImageProcessor(**settings.processor_kwargs)
 
 
 # ---------------------------------------------------------------- folders
@@ -634,58 +623,7 @@ def processor_for_transformers_checkpoint(
     hints = [str(path_or_folder)]
     if Path(str(path_or_folder)).exists():
         hints.append(str(Path(str(path_or_folder)).resolve()))
-    return build_processor_from_settings(settings_from_transformers_config(hf_config, dataset, hints))
-
-
-def convert_transformers_checkpoint(
-    path_or_folder: str | Path,
-    output_dir: str | Path,
-    dataset: str | None = None,
-    dtype: str = "float32",
-    push_to_hub: str | None = None,
-    native_swin: bool | None = None,
-    **hub_kwargs: Any,
-) -> TransformersImport:
-    """Write an m2f_hf folder (config, weights, image processor, README) for a transformers checkpoint."""
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(TORCH_DTYPES)}")
-    imported = import_transformers_checkpoint(path_or_folder, dataset, dtype, native_swin, **hub_kwargs)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    from .ecosystem_hub import save_for_hub
-
-    processor = build_processor_from_settings(imported.settings)
-    save_for_hub(
-        imported.model,
-        processor,
-        output_dir,
-        card=_model_card(imported, push_to_hub or str(output_dir), processor),
-        push_to_hub=push_to_hub,
-    )
-    return imported
-
-
-def _model_card(imported: TransformersImport, name: str, processor: Any = None) -> str:
-    from .ecosystem_hub import build_model_card
-
-    s = imported.settings
-    return build_model_card(
-        s.config,
-        name=name,
-        license="other",
-        summary=(
-            f"Converted from the transformers-format Mask2Former checkpoint `{imported.source}` into the "
-            "`m2f_hf` format (same weights and the same computation) with the original test-time "
-            "preprocessing of its dataset."
-        ),
-        processor=processor,
-        dataset=s.dataset,
-        details=[f"**Source checkpoint:** `{imported.source}`"],
-        license_note=(
-            "The license of the source checkpoint applies (the facebook/mask2former-* weights: CC BY-NC 4.0)."
-        ),
-        notes=s.notes,
-    )
+    return build_processor(settings_from_transformers_config(hf_config, dataset, hints))
 
 
 def _resolve_config_file(path: str | Path, hub_kwargs: Mapping[str, Any]) -> Path | None:
@@ -748,11 +686,18 @@ def maybe_convert_transformers_folder(
     return model
 
 
+__getattr__ = moved_names(
+    __name__,
+    {
+        "build_processor_from_settings": "conversion_settings:build_processor",
+        "convert_transformers_checkpoint": "ecosystem_convert",
+    },
+)
+
 __all__ = [
+    "TORCH_DTYPES",
     "TransformersImport",
-    "build_processor_from_settings",
     "config_from_transformers_config",
-    "convert_transformers_checkpoint",
     "convert_transformers_state_dict",
     "dataset_from_name",
     "import_transformers_checkpoint",

@@ -3,6 +3,11 @@
 `import m2f_hf.postprocessing` (or `from m2f_hf.postprocessing import x`) still works and returns the module
 under its new name (`m2f_hf.processing_postprocess`), with a `DeprecationWarning` naming the new path. The
 table below is the whole mapping; `install()` is called once by the package's `__init__`.
+
+Names that moved between modules stay importable from their old module the same way: the old module sets
+`__getattr__ = moved_names(__name__, {name: new module})`.
+
+This module uses the standard library only and any layer may import it.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import importlib.abc
 import importlib.util
 import sys
 import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["MOVED_MODULES", "install"]
+__all__ = ["MOVED_MODULES", "install", "moved_names"]
 
 # old module name -> new module name (both inside the m2f_hf package)
 MOVED_MODULES: dict[str, str] = {
@@ -87,3 +94,26 @@ def install(package: str) -> None:
     """Make the old module paths of `package` importable (idempotent)."""
     if not any(isinstance(f, _MovedModuleFinder) and f.package == package for f in sys.meta_path):
         sys.meta_path.append(_MovedModuleFinder(package))
+
+
+def moved_names(module: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module-level `__getattr__` for the names that left `module`: `moved` maps an old name to its new
+    module in the same package, as "module" (same name) or "module:new_name". The new module is imported
+    on first use, with a DeprecationWarning naming the new path."""
+    package = module.rpartition(".")[0]
+
+    def __getattr__(name: str) -> Any:
+        target = moved.get(name)
+        if target is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new_module, _, new_name = target.partition(":")
+        new_name = new_name or name
+        warnings.warn(
+            f"`{module}.{name}` moved to `{package}.{new_module}.{new_name}`; the old path will be removed "
+            "in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(f"{package}.{new_module}"), new_name)
+
+    return __getattr__

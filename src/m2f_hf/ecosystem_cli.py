@@ -26,6 +26,8 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from .processing_postprocess import mask_bbox
+
 __all__ = ["IMAGE_SUFFIXES", "main", "predict", "build_parser"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -99,13 +101,6 @@ def load_model(model_ref: str, device: str, dtype: str | None) -> tuple[Any, Any
     return model, processor
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
 def segments_of(
     result: Any, task: str, id2label: dict[int, str]
 ) -> tuple[np.ndarray, list[dict[str, Any]], list[np.ndarray]]:
@@ -134,7 +129,7 @@ def segments_of(
     for record, mask in zip(records, masks, strict=True):
         record["label"] = str(id2label.get(record["label_id"], record["label_id"]))
         record["area"] = int(mask.sum())
-        record["bbox"] = _bbox(mask)
+        record["bbox"] = mask_bbox(mask)
     return segmentation, records, masks
 
 
@@ -299,7 +294,7 @@ def _export_argv(argv: Sequence[str]) -> list[str] | None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     if args.source == "original":
-        from .conversion_original import convert_checkpoint
+        from .ecosystem_convert import convert_checkpoint
 
         report = convert_checkpoint(
             args.checkpoint,
@@ -313,7 +308,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         )
         print(report.summary())
     else:
-        from .conversion_transformers import convert_transformers_checkpoint
+        from .ecosystem_convert import convert_transformers_checkpoint
 
         convert_transformers_checkpoint(
             args.model, args.output, dataset=args.dataset, dtype=args.dtype, push_to_hub=args.push_to_hub
@@ -323,7 +318,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .conversion_original import TORCH_DTYPES
+    from .conversion_settings import TORCH_DTYPES
     from .pipeline_m2f import SUBTASKS
 
     parser = argparse.ArgumentParser(

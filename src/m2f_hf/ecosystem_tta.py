@@ -33,7 +33,6 @@ __all__ = ["TTA_SCALES", "predict_with_tta", "tta_sizes"]
 # The original ADE20K TTA sizes 256..896 are 512 x these factors (TEST.AUG.MIN_SIZES), with
 # TEST.AUG.MAX_SIZE 3584 = 2048 x 1.75.
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-TASKS = ("semantic", "instance", "panoptic")
 
 
 def tta_sizes(processor: Any, scales: Sequence[float] = TTA_SCALES) -> tuple[tuple[int, ...], int | None]:
@@ -62,8 +61,7 @@ def _augmented_inputs(
 
 
 def _check_args(task: str, min_sizes: Sequence[int], max_size: int | None) -> list[int]:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    pp.check_task(task)
     sizes = list(min_sizes)
     if not sizes:
         raise ValueError("min_sizes must contain at least one size")

@@ -7,8 +7,8 @@ is one head's D contiguous channels of one pixel, so nothing is transposed or co
 map comes from a zero border around every level (1 pixel top/left, 2 bottom/right), so no corner needs a
 validity test: coordinates are clamped to [-1, size], where every corner lies in the border or the map.
 Bilinear interpolation follows the original's CUDA kernel (pixel = location·size - 0.5, i.e.
-align_corners=False); `multi_scale_deformable_attention_grid_sample` is the original's PyTorch fallback,
-kept as the reference the tests compare with.
+align_corners=False); the original's PyTorch fallback (per-level `grid_sample`) is the reference the tests
+compare with (tests/conftest.py).
 
 Training uses the same gather through `WeightedRowGather`, whose backward is written out (a blocked
 `index_add_` for the value gradient, a gather-and-dot for the weight gradient): it saves only the row
@@ -278,48 +278,6 @@ def _sample_block(
     else:
         out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
     return out.view(batch, queries, heads * dim)
-
-
-def multi_scale_deformable_attention(
-    value: torch.Tensor,
-    spatial_shapes: list[tuple[int, int]],
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """value (B, S, M, D), sampling_locations (B, Q, M, L, P, 2) as (x, y) in [0, 1] → (B, Q, M·D).
-
-    Runs the fused gather (`deformable_sample`), with or without autograd.
-    """
-    batch, _, heads, dim = value.shape
-    size_xy = torch.tensor(
-        [[w, h] for h, w in spatial_shapes], dtype=sampling_locations.dtype, device=sampling_locations.device
-    )
-    pixel_xy = sampling_locations * size_xy.view(1, 1, 1, -1, 1, 2) - 0.5
-    padded = pad_value_levels(value.flatten(2), spatial_shapes).view(batch, -1, heads, dim)
-    return deformable_sample(padded, spatial_shapes, pixel_xy, attention_weights)
-
-
-def multi_scale_deformable_attention_grid_sample(
-    value: torch.Tensor,
-    spatial_shapes: list[tuple[int, int]],
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """The original's pure-PyTorch formulation (per-level `grid_sample`), same arguments and result."""
-    batch, _, heads, dim = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
-    value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
-    grids = 2 * sampling_locations - 1
-    sampled = []
-    for level, (height, width) in enumerate(spatial_shapes):
-        value_l = value_list[level].flatten(2).transpose(1, 2).reshape(batch * heads, dim, height, width)
-        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(
-            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
-    return output.view(batch, heads * dim, queries).transpose(1, 2).contiguous()
 
 
 class MSDeformAttn(nn.Module):

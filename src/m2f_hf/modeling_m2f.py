@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +57,18 @@ def image_sizes_from_pixel_mask(pixel_mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([valid.any(dim=2).sum(dim=1), valid.any(dim=1).sum(dim=1)], dim=1)
 
 
+# Loaders `from_pretrained` consults first, in order: `loader(path, model_class=cls, **kwargs)` returns a
+# loaded model, or anything else (e.g. the path) when the checkpoint is not of its format. The model layer
+# knows no format but its own; `m2f_hf`'s registration installs the transformers-checkpoint loader.
+CHECKPOINT_LOADERS: list[Callable[..., Any]] = []
+
+
+def register_checkpoint_loader(loader: Callable[..., Any]) -> None:
+    """Make `from_pretrained` try `loader` (idempotent: a loader already registered is not added again)."""
+    if loader not in CHECKPOINT_LOADERS:
+        CHECKPOINT_LOADERS.append(loader)
+
+
 class Mask2FormerPreTrainedModel(PreTrainedModel):
     config_class = Mask2FormerConfig
     config: Mask2FormerConfig
@@ -66,15 +80,13 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Also loads transformers-format checkpoints (`model_type` "mask2former"), converting them."""
+        """Also loads checkpoints of other formats through the registered loaders (see
+        `register_checkpoint_loader`; importing `m2f_hf` registers the transformers-format one)."""
         if not model_args:
-            from .conversion_transformers import maybe_convert_transformers_folder
-
-            converted = maybe_convert_transformers_folder(
-                pretrained_model_name_or_path, model_class=cls, **kwargs
-            )
-            if isinstance(converted, Mask2FormerPreTrainedModel):
-                return converted
+            for loader in CHECKPOINT_LOADERS:
+                loaded = loader(pretrained_model_name_or_path, model_class=cls, **kwargs)
+                if isinstance(loaded, Mask2FormerPreTrainedModel):
+                    return loaded
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
@@ -257,4 +269,10 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
-__all__ = ["Mask2FormerModel", "Mask2FormerForUniversalSegmentation", "Mask2FormerPreTrainedModel"]
+__all__ = [
+    "CHECKPOINT_LOADERS",
+    "Mask2FormerForUniversalSegmentation",
+    "Mask2FormerModel",
+    "Mask2FormerPreTrainedModel",
+    "register_checkpoint_loader",
+]

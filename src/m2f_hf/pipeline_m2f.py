@@ -30,6 +30,7 @@ import torch
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
 from .configuration_m2f import Mask2FormerConfig
+from .processing_postprocess import TASKS
 
 __all__ = [
     "SUBTASKS",
@@ -41,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUBTASKS = ("panoptic", "instance", "semantic")
+SUBTASKS = TASKS  # the one task list (processing_postprocess.TASKS)
 TASK_NAME = "image-segmentation"
 # transformers' own defaults, used for models that are not m2f_hf models
 _STOCK_DEFAULTS = {"threshold": 0.9, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.5}

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 __all__ = [
     "CLASS_CHUNK",
     "PIXEL_BLOCK",
+    "TASKS",
+    "check_task",
     "class_flags",
     "crop_and_resize",
     "fuse_flags",
@@ -26,6 +28,7 @@ __all__ = [
     "instance_inference",
     "instance_map",
     "mask_probability_logit",
+    "mask_bbox",
     "masks_at_target",
     "query_masks",
     "panoptic_inference",
@@ -40,6 +43,8 @@ __all__ = [
     "upsample_to_padded",
 ]
 
+# The tasks of the rules (and the pipeline's subtasks), in the pipeline's order of preference.
+TASKS = ("panoptic", "instance", "semantic")
 # Number of classes scored at once when only the argmax of the semantic map is wanted: bounds the peak
 # memory to CLASS_CHUNK x H x W instead of num_classes x H x W.
 CLASS_CHUNK = 32
@@ -58,6 +63,13 @@ DECISION_MARGIN = 1e-4
 # Mask elements (queries x output pixels) upsampled at once by the panoptic and instance rules: their
 # per-chunk temporaries stay at a few MB instead of one Q x H x W stack.
 QUERY_BLOCK = 1 << 22
+
+
+def check_task(task: str) -> str:
+    """`task` if it is one of `TASKS`, else ValueError."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return task
 
 
 def upsample_to_padded(mask_logits: torch.Tensor, padded_size: tuple[int, int]) -> torch.Tensor:
@@ -605,6 +617,17 @@ def instance_map(masks: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
     ):
         segmentation.masked_fill_(masks[row], rank + 1)
     return segmentation
+
+
+def mask_bbox(mask: Any) -> list[int]:
+    """COCO box [x, y, width, height] of the set pixels of an (H, W) mask (numpy or torch); [0, 0, 0, 0]
+    when none is set."""
+    mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else mask
+    rows = mask.any(axis=1).nonzero()[0]
+    cols = mask.any(axis=0).nonzero()[0]
+    if not len(rows):
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
 def _runs_column_major(masks: torch.Tensor) -> list[list[int]]:

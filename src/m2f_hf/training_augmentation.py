@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image_processing_m2f import resized_shape
+
 __all__ = [
     "ADE20K_MIN_SIZE_TRAIN",
     "AugmentationPipeline",
@@ -424,12 +426,8 @@ class ResizeShortestEdge:
 
     @staticmethod
     def output_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-        scale = short / min(height, width)
-        new_h, new_w = (float(short), scale * width) if height < width else (scale * height, float(short))
-        if max(new_h, new_w) > max_size:
-            factor = max_size / max(new_h, new_w)
-            new_h, new_w = new_h * factor, new_w * factor
-        return int(new_h + 0.5), int(new_w + 0.5)
+        """The test-time resize rule (`image_processing_m2f.resized_shape`) at a sampled short side."""
+        return resized_shape(height, width, short, max_size)
 
     def get_transforms(
         self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random

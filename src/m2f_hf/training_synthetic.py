@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .processing_postprocess import mask_bbox
 from .processing_targets import id_to_rgb, rgb_to_id
 
 __all__ = [
@@ -143,11 +144,6 @@ def _unique_segment_ids(rng: np.random.Generator, count: int) -> list[int]:
     return ids
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-
-
 def make_synthetic_sample(
     seed: int = 0,
     index: int = 0,
@@ -219,7 +215,7 @@ def make_synthetic_sample(
                 "category_id": class_id + 1,
                 "iscrowd": 0,
                 "area": int(region.sum()),
-                "bbox": _bbox(region),
+                "bbox": mask_bbox(region),
             }
         )
 
