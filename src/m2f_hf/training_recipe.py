@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import training_data
 from .deprecated_modules import moved_names
 
 NORM_MODULE_TYPES = (
@@ -54,18 +55,7 @@ __all__ = [
 __getattr__ = moved_names(
     __name__,
     {
-        **dict.fromkeys(
-            (
-                "IGNORE_INDEX",
-                "SegmentationCollator",
-                "SegmentationEvalCollator",
-                "TrainTransform",
-                "normalize_sample",
-                "sample_seed",
-                "semantic_from_panoptic",
-            ),
-            "training_data",
-        ),
+        **dict.fromkeys(training_data.__all__, "training_data"),
         "evaluate": "training_evaluation",
         "write_model_card": "ecosystem_model_card",
         "TASKS": "processing_postprocess",
