@@ -209,7 +209,9 @@ def _panoptic(processor, class_logits, mask_logits, threshold, mask_threshold, o
     fuse = pp.fuse_flags(
         label_ids_to_fuse, processor.thing_ids, class_logits.shape[-1] - 1, mask_logits.device
     )
-    return pp.panoptic_segmentation(class_logits, mask_logits, fuse, threshold, overlap, mask_threshold)
+    return pp.panoptic_result(
+        *pp.panoptic_inference(class_logits, mask_logits, fuse, threshold, overlap, mask_threshold)
+    )
 
 
 def _instance(processor, class_logits, mask_logits, threshold, mask_threshold, binary_maps, coco):
@@ -217,7 +219,7 @@ def _instance(processor, class_logits, mask_logits, threshold, mask_threshold, b
     size."""
     num_classes = class_logits.shape[-1] - 1
     things = None if processor.thing_ids is None else pp.class_flags(processor.thing_ids, num_classes)
-    return pp.instance_segmentation(
+    found = pp.instance_detections(
         class_logits,
         mask_logits,
         processor.test_topk_per_image,
@@ -225,6 +227,5 @@ def _instance(processor, class_logits, mask_logits, threshold, mask_threshold, b
         mask_threshold,
         threshold,
         tuple(mask_logits.shape[-2:]),
-        binary_maps,
-        coco,
     )
+    return pp.instance_result(found, binary_maps, coco)

@@ -514,14 +514,16 @@ class M2fHfImageProcessor(PilBackend):
         )
         # only the kept queries are upsampled (a few at a time), with the planes of the full stack
         return [
-            pp.panoptic_segmentation(
-                class_logits[b],
-                pp.query_masks(mask_logits[b], crops[b], targets[b]),
-                fuse,
-                threshold,
-                overlap,
-                mask_threshold,
-                targets[b],
+            pp.panoptic_result(
+                *pp.panoptic_inference(
+                    class_logits[b],
+                    pp.query_masks(mask_logits[b], crops[b], targets[b]),
+                    fuse,
+                    threshold,
+                    overlap,
+                    mask_threshold,
+                    targets[b],
+                )
             )
             for b in range(class_logits.shape[0])
         ]
@@ -553,20 +555,24 @@ class M2fHfImageProcessor(PilBackend):
             `return_binary_maps` or `return_coco_annotation` for the full, overlapping masks.
             When `thing_ids` is set only thing classes are returned (as the original with panoptic on).
         """
+        if return_coco_annotation and return_binary_maps:
+            raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
         class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
         things = None
         if self.thing_ids is not None:
             things = pp.class_flags(self.thing_ids, class_logits.shape[-1] - 1, class_logits.device)
         # only the queries of the detections are upsampled, a few at a time
         return [
-            pp.instance_segmentation(
-                class_logits[b],
-                pp.query_masks(mask_logits[b], crops[b], targets[b]),
-                self.test_topk_per_image,
-                things,
-                mask_threshold,
-                threshold,
-                targets[b],
+            pp.instance_result(
+                pp.instance_detections(
+                    class_logits[b],
+                    pp.query_masks(mask_logits[b], crops[b], targets[b]),
+                    self.test_topk_per_image,
+                    things,
+                    mask_threshold,
+                    threshold,
+                    targets[b],
+                ),
                 return_binary_maps,
                 return_coco_annotation,
             )

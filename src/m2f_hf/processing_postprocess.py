@@ -23,7 +23,7 @@ __all__ = [
     "class_flags",
     "crop_and_resize",
     "fuse_flags",
-    "instance_segmentation",
+    "instance_result",
     "instance_detections",
     "instance_inference",
     "instance_map",
@@ -32,7 +32,7 @@ __all__ = [
     "masks_at_target",
     "query_masks",
     "panoptic_inference",
-    "panoptic_segmentation",
+    "panoptic_result",
     "rle_decode",
     "rle_encode",
     "semantic_argmax",
@@ -714,8 +714,10 @@ def rle_decode(rle: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Model outputs → the pipeline's result formats. The processor's `post_process_*` methods and test-time
-# augmentation both go through these, one call path per task.
+# Model outputs → the rules → the pipeline's result formats. The processor's `post_process_*` methods and
+# test-time augmentation both go through these, one call path per task: `unpack_outputs`, then
+# `semantic_segmentation`, `panoptic_result(*panoptic_inference(...))` or
+# `instance_result(instance_detections(...))`.
 
 
 def _field(outputs: Any, name: str) -> Any:
@@ -825,26 +827,9 @@ def semantic_segmentation(
     return {"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
 
 
-def panoptic_segmentation(
-    class_logits: torch.Tensor,
-    mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-    fuse_classes: torch.Tensor,
-    object_mask_threshold: float = 0.8,
-    overlap_threshold: float = 0.8,
-    mask_threshold: float = 0.5,
-    output_size: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """`panoptic_inference` (same arguments; only the kept queries' masks are requested) → the pipeline's
-    result {"segmentation": (H, W) int32, "segments_info": [{"id", "label_id", "was_fused", "score"}]}."""
-    panoptic, segments = panoptic_inference(
-        class_logits,
-        mask_logits,
-        fuse_classes,
-        object_mask_threshold,
-        overlap_threshold,
-        mask_threshold,
-        output_size,
-    )
+def panoptic_result(panoptic: torch.Tensor, segments: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """`panoptic_inference`'s map and per-segment tensors → the pipeline's result {"segmentation": (H, W)
+    int32, "segments_info": [{"id", "label_id", "was_fused", "score"}]}."""
     labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
     info = [
         {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
@@ -853,32 +838,20 @@ def panoptic_segmentation(
     return {"segmentation": panoptic, "segments_info": info}
 
 
-def instance_segmentation(
-    class_logits: torch.Tensor,
-    mask_logits: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-    topk: int = 100,
-    thing_classes: torch.Tensor | None = None,
-    mask_threshold: float = 0.5,
-    score_threshold: float | None = None,
-    output_size: tuple[int, int] | None = None,
-    return_binary_maps: bool = False,
-    return_coco_annotation: bool = False,
+def instance_result(
+    found: dict[str, torch.Tensor], return_binary_maps: bool = False, return_coco_annotation: bool = False
 ) -> dict[str, Any]:
-    """`instance_detections` (same arguments) → the pipeline's result {"segmentation", "segments_info"}.
+    """`instance_detections`'s dict → the pipeline's result {"segmentation", "segments_info"}.
 
     "segmentation" is an (H, W) int32 map where overlapping pixels go to the better detection
     (`instance_map`), the (N, H, W) bool masks with `return_binary_maps`, or one COCO RLE dict per
     detection with `return_coco_annotation`."""
     if return_coco_annotation and return_binary_maps:
         raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
-    found = instance_detections(
-        class_logits, mask_logits, topk, thing_classes, mask_threshold, score_threshold, output_size
-    )
+    labels, scores = found["labels"].tolist(), found["scores"].tolist()
     info = [
         {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
-        for i, (label, score) in enumerate(
-            zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
-        )
+        for i, (label, score) in enumerate(zip(labels, scores, strict=True))
     ]
     masks, mask_index = found["masks"], found["mask_index"]
     if return_binary_maps:
