@@ -515,14 +515,10 @@ def settings_from_transformers_config(
     )
 
 
-def config_from_transformers_config(
-    config: Any,
-    dataset: str | None = None,
-    name_hints: list[str] | tuple[str, ...] = (),
-    native_swin: bool | None = None,
-) -> Mask2FormerConfig:
-    """Our `Mask2FormerConfig` for a transformers Mask2Former config (`settings_from_transformers_config`)."""
-    return settings_from_transformers_config(config, dataset, name_hints, native_swin).config
+def config_from_transformers_config(config: Any, *args: Any, **kwargs: Any) -> Mask2FormerConfig:
+    """Our `Mask2FormerConfig` for a transformers Mask2Former config: `settings_from_transformers_config`
+    (same arguments) without the processor settings."""
+    return settings_from_transformers_config(config, *args, **kwargs).config
 
 
 # ---------------------------------------------------------------- folders

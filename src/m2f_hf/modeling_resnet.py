@@ -74,14 +74,35 @@ class ConvNorm(nn.Conv2d):
         return x
 
 
+def conv_norm(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    norm: str,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+) -> ConvNorm:
+    """The backbone's bias-free convolution + norm, "same" padding (dilation x kernel_size // 2)."""
+    return ConvNorm(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+        groups=groups,
+        bias=False,
+        norm=make_norm(norm, out_channels),
+    )
+
+
 class BasicStem(nn.Module):
     """7x7/2 convolution, ReLU, 3x3/2 max-pool."""
 
     def __init__(self, in_channels: int, out_channels: int, norm: str):
         super().__init__()
-        self.conv1 = ConvNorm(
-            in_channels, out_channels, 7, stride=2, padding=3, bias=False, norm=make_norm(norm, out_channels)
-        )
+        self.conv1 = conv_norm(in_channels, out_channels, 7, norm, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(F.relu(self.conv1(x)), kernel_size=3, stride=2, padding=1)
@@ -93,13 +114,9 @@ class DeepLabStem(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm: str):
         super().__init__()
         half = out_channels // 2
-        self.conv1 = ConvNorm(
-            in_channels, half, 3, stride=2, padding=1, bias=False, norm=make_norm(norm, half)
-        )
-        self.conv2 = ConvNorm(half, half, 3, padding=1, bias=False, norm=make_norm(norm, half))
-        self.conv3 = ConvNorm(
-            half, out_channels, 3, padding=1, bias=False, norm=make_norm(norm, out_channels)
-        )
+        self.conv1 = conv_norm(in_channels, half, 3, norm, stride=2)
+        self.conv2 = conv_norm(half, half, 3, norm)
+        self.conv3 = conv_norm(half, out_channels, 3, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
@@ -111,9 +128,7 @@ class DeepLabStem(nn.Module):
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> ConvNorm | None:
     if in_channels == out_channels:
         return None
-    return ConvNorm(
-        in_channels, out_channels, 1, stride=stride, bias=False, norm=make_norm(norm, out_channels)
-    )
+    return conv_norm(in_channels, out_channels, 1, norm, stride=stride)
 
 
 class BottleneckBlock(nn.Module):
@@ -133,28 +148,11 @@ class BottleneckBlock(nn.Module):
         super().__init__()
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = ConvNorm(
-            in_channels,
-            bottleneck_channels,
-            1,
-            stride=stride_1x1,
-            bias=False,
-            norm=make_norm(norm, bottleneck_channels),
+        self.conv1 = conv_norm(in_channels, bottleneck_channels, 1, norm, stride=stride_1x1)
+        self.conv2 = conv_norm(
+            bottleneck_channels, bottleneck_channels, 3, norm, stride_3x3, dilation, groups=num_groups
         )
-        self.conv2 = ConvNorm(
-            bottleneck_channels,
-            bottleneck_channels,
-            3,
-            stride=stride_3x3,
-            padding=dilation,
-            bias=False,
-            groups=num_groups,
-            dilation=dilation,
-            norm=make_norm(norm, bottleneck_channels),
-        )
-        self.conv3 = ConvNorm(
-            bottleneck_channels, out_channels, 1, bias=False, norm=make_norm(norm, out_channels)
-        )
+        self.conv3 = conv_norm(bottleneck_channels, out_channels, 1, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.conv1(x))
@@ -170,25 +168,8 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels, out_channels, stride, norm, dilation=1):
         super().__init__()
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
-        self.conv1 = ConvNorm(
-            in_channels,
-            out_channels,
-            3,
-            stride=stride,
-            padding=dilation,
-            dilation=dilation,
-            bias=False,
-            norm=make_norm(norm, out_channels),
-        )
-        self.conv2 = ConvNorm(
-            out_channels,
-            out_channels,
-            3,
-            padding=dilation,
-            dilation=dilation,
-            bias=False,
-            norm=make_norm(norm, out_channels),
-        )
+        self.conv1 = conv_norm(in_channels, out_channels, 3, norm, stride, dilation)
+        self.conv2 = conv_norm(out_channels, out_channels, 3, norm, dilation=dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(F.relu(self.conv1(x)))

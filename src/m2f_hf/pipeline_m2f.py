@@ -73,22 +73,13 @@ def post_process(
     threshold / overlap_mask_area_threshold None: the processor's own defaults."""
     if subtask == "semantic":
         return processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
+    options = dict(threshold=threshold, mask_threshold=mask_threshold, target_sizes=target_sizes)
     if subtask == "panoptic":
         return processor.post_process_panoptic_segmentation(
-            outputs,
-            threshold=threshold,
-            mask_threshold=mask_threshold,
-            overlap_mask_area_threshold=overlap_mask_area_threshold,
-            target_sizes=target_sizes,
+            outputs, overlap_mask_area_threshold=overlap_mask_area_threshold, **options
         )
     if subtask == "instance":
-        return processor.post_process_instance_segmentation(
-            outputs,
-            threshold=threshold,
-            mask_threshold=mask_threshold,
-            target_sizes=target_sizes,
-            return_binary_maps=True,
-        )
+        return processor.post_process_instance_segmentation(outputs, return_binary_maps=True, **options)
     raise ValueError(f"subtask must be one of {SUBTASKS}, got {subtask!r}")
 
 
