@@ -45,6 +45,7 @@ from .conversion_settings import (
     zoo_test_settings,
 )
 from .deprecated_modules import moved_names
+from .processing_postprocess import TASKS
 
 TRANSFORMERS_MODEL_TYPE = "mask2former"
 # detectron2's own INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, used when the dataset cannot be told
@@ -334,7 +335,6 @@ def _names_match(id2label: Mapping[int, str], label_set: LabelSet) -> float:
 
 # task words and dataset words found in Hub names such as facebook/mask2former-swin-small-coco-instance
 _DATASET_WORDS = {"coco": "coco", "ade": "ade20k", "cityscapes": "cityscapes", "mapillary": "mapillary"}
-_TASK_WORDS = ("panoptic", "instance", "semantic")
 
 
 def dataset_from_name(name: str | None) -> str | None:
@@ -343,7 +343,7 @@ def dataset_from_name(name: str | None) -> str | None:
         return None
     lowered = str(name).lower()
     datasets = {v for k, v in _DATASET_WORDS.items() if re.search(rf"(^|[^a-z]){k}", lowered)}
-    tasks = {t for t in _TASK_WORDS if t in lowered}
+    tasks = {t for t in TASKS if t in lowered}
     if len(datasets) != 1 or len(tasks) != 1:
         return None
     key = f"{datasets.pop()}_{tasks.pop()}"

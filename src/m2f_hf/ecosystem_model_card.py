@@ -20,7 +20,7 @@ from .configuration_m2f import Mask2FormerConfig
 from .conversion_original import ORIGINAL_LICENSE
 from .ecosystem_remote_code import external_requirements, remote_code_modules
 from .pipeline_m2f import default_subtask
-from .processing_postprocess import check_task
+from .processing_postprocess import TASKS, check_task
 
 __all__ = [
     "CARD_METRICS",
@@ -121,11 +121,7 @@ def _backbone_name(config: Mask2FormerConfig) -> str:
 def _facts(
     config: Mask2FormerConfig, dataset: str | None, processor: Any, license: str, details: Sequence[str]
 ) -> list[str]:
-    flags = (
-        ("panoptic", config.panoptic_on),
-        ("instance", config.instance_on),
-        ("semantic", config.semantic_on),
-    )
+    flags = [(task, getattr(config, f"{task}_on")) for task in TASKS]
     enabled = [task for task, on in flags if on]
     things = config.num_labels if config.thing_ids is None else len(config.thing_ids)
     facts = [
