@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -42,9 +41,10 @@ if str(ROOT / "src") not in sys.path:
 import transformers  # noqa: E402
 from transformers import SwinConfig  # noqa: E402
 
+from m2f_hf import layers_config  # noqa: E402
 from m2f_hf.conversion_transformers import convert_transformers_checkpoint  # noqa: E402
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor  # noqa: E402
-from m2f_hf.modeling_deform_attn_triton import KERNEL_ENV  # noqa: E402
+from m2f_hf.layers_config import KERNEL_ENV  # noqa: E402
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation  # noqa: E402
 
 TASKS = ("preprocess", "forward", "semantic", "instance", "panoptic", "e2e", "train")
@@ -726,7 +726,7 @@ def run_gpu_variants(args, report, models, configs, device):
         pixel_values = torch.randn(batch, 3, height, width, device=device)
 
         def gather_fwd(model, pixel_values=pixel_values):
-            with mock.patch.dict(os.environ, {KERNEL_ENV: "pytorch"}), torch.inference_mode():
+            with layers_config.settings(deformable_kernel="pytorch"), torch.inference_mode():
                 model(pixel_values)
 
         t = interleaved(
