@@ -39,6 +39,8 @@ def blockwise_inference(*tensors: torch.Tensor) -> bool:
     """True when work may be split into Python-level blocks: the tensors are on the CPU (where the page
     faults are; on a GPU the caching allocator reuses memory and the blocks would only add kernel launches),
     nothing needs gradients, and no compiler or tracer is watching."""
+    # non-tensors are skipped: a dynamically quantised Linear's `weight` is a method, not a tensor
+    tensors = tuple(t for t in tensors if isinstance(t, torch.Tensor))
     return all(t.device.type == "cpu" for t in tensors) and not tracing() and not needs_grad(*tensors)
 
 
