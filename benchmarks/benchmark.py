@@ -30,21 +30,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 import transformers  # noqa: E402
 from transformers import SwinConfig  # noqa: E402
 
+from m2f_hf import layers_config  # noqa: E402
 from m2f_hf.ecosystem_convert import convert_transformers_checkpoint  # noqa: E402
+from m2f_hf.ecosystem_fast import optimize_for_cpu  # noqa: E402
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor  # noqa: E402
-from m2f_hf.modeling_deform_attn_triton import KERNEL_ENV  # noqa: E402
+from m2f_hf.layers_config import KERNEL_ENV  # noqa: E402
 from m2f_hf.modeling_m2f import Mask2FormerForUniversalSegmentation  # noqa: E402
 
 TASKS = ("preprocess", "forward", "semantic", "instance", "panoptic", "e2e", "train")
@@ -331,6 +334,7 @@ class Report:
             )
 
     notes: list[str] = field(default_factory=list)
+    mode_pq: dict[str, float] = field(default_factory=dict)
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int]]:
@@ -464,9 +468,127 @@ def run_config(args, report: Report, models, height: int, width: int, batch: int
         t = interleaved({"ours": e2e_ours, "theirs": e2e_theirs}, reps, device)
         report.rows.append(Row(name, "end-to-end panoptic", t["ours"], t["theirs"]))
 
+    if args.cpu_modes and device.type == "cpu":
+        run_cpu_modes(args, report, models, name, images, orig_sizes, pixel_values, out_ours, stuff)
+
     if "train" in tasks and (height, width, batch) in args.train_configs_set:
         run_train(args, report, theirs, ours, pixel_values, name, device)
     print(flush=True)
+
+
+def run_cpu_modes(args, report, models, name, images, orig_sizes, pixel_values, out_fp32, stuff):
+    """The opt-in CPU fast modes (`m2f_hf.optimize_for_cpu`): forward and end-to-end panoptic, each A/B/C
+    interleaved with our fp32 and transformers' fp32 forward on the same weights, plus logit agreement."""
+    theirs, ours, ours_proc, theirs_proc = models
+    device = torch.device("cpu")
+    for mode in args.cpu_modes:
+        fast = optimize_for_cpu(ours, mode)
+        with torch.inference_mode():
+            out = fast(pixel_values)  # warm-up (and, for "compile", the compilation)
+        cls_diff = (out.class_queries_logits - out_fp32.class_queries_logits).abs().max().item()
+        mask_diff = (out.masks_queries_logits - out_fp32.masks_queries_logits).abs().max().item()
+        scale = out_fp32.masks_queries_logits.abs().max().item()
+        accuracy = f"max |Δ| vs our fp32: class {cls_diff:.2e}, mask {mask_diff:.2e} (mask scale {scale:.1f})"
+        report.agreement.append(f"{name}: {mode} forward {accuracy}")
+
+        def fwd(model):
+            with torch.inference_mode():
+                model(pixel_values)
+
+        if "forward" in args.tasks:
+            fns = {"fast": lambda f=fast: fwd(f), "ours": lambda: fwd(ours), "theirs": lambda: fwd(theirs)}
+            t = interleaved(fns, args.reps, device)
+            report.rows.append(
+                Row(name, f"forward {mode} vs transformers fp32", t["fast"], t["theirs"], accuracy)
+            )
+            report.rows.append(Row(name, f"forward {mode} vs m2f_hf fp32", t["fast"], t["ours"]))
+
+        def e2e(model):
+            inputs = ours_proc(images, return_tensors="pt")
+            with torch.inference_mode():
+                result = model(inputs["pixel_values"])
+                result.image_sizes = inputs.get("image_sizes")
+                return ours_proc.post_process_panoptic_segmentation(result, target_sizes=orig_sizes)
+
+        def e2e_theirs():
+            inputs = theirs_proc(images, return_tensors="pt")
+            with torch.inference_mode():
+                result = theirs(inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+                return theirs_proc.post_process_panoptic_segmentation(
+                    result,
+                    threshold=THRESHOLD,
+                    overlap_mask_area_threshold=OVERLAP,
+                    label_ids_to_fuse=stuff,
+                    target_sizes=orig_sizes,
+                )
+
+        if "e2e" in args.tasks:
+            fns = {"fast": lambda f=fast: e2e(f), "ours": lambda: e2e(ours), "theirs": e2e_theirs}
+            t = interleaved(fns, args.reps, device)
+            report.rows.append(Row(name, f"end-to-end panoptic {mode}", t["fast"], t["theirs"]))
+            report.rows.append(Row(name, f"end-to-end panoptic {mode} vs m2f_hf fp32", t["fast"], t["ours"]))
+
+
+def demo_mode_accuracy(args, report) -> None:
+    """Accuracy of each CPU mode on the demo model: PQ on the held-out synthetic set (seed 1) and panoptic
+    segments agreeing with fp32 on the shared fixtures' images and the held-out images."""
+    from m2f_hf.ecosystem_cli import DEMO_MODEL
+    from m2f_hf.training_recipe import SegmentationEvalCollator, evaluate, normalize_sample
+    from m2f_hf.training_synthetic import CATEGORY_ID_TO_CONTIGUOUS, make_synthetic_dataset
+
+    if not (DEMO_MODEL / "config.json").exists():
+        report.notes.append("demo model not found: no demo-set accuracy rows")
+        return
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(DEMO_MODEL).eval()
+    processor = M2fHfImageProcessor.from_pretrained(DEMO_MODEL)
+    samples = [
+        normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
+        for s in make_synthetic_dataset(args.demo_images, seed=1)
+    ]
+    collate = SegmentationEvalCollator(processor)
+    batches = [collate(samples[i : i + 8]) for i in range(0, len(samples), 8)]
+    fixture_images = [
+        np.asarray(Image.open(path).convert("RGB")) for path in sorted(FIXTURES.glob("*/input_image*.png"))
+    ]
+
+    def panoptic(model_, images):
+        inputs = processor(images=images, return_tensors="pt")
+        with torch.inference_mode():
+            out = model_(inputs["pixel_values"])
+        out.image_sizes = inputs.get("image_sizes")
+        return processor.post_process_panoptic_segmentation(out, target_sizes=[i.shape[:2] for i in images])
+
+    def pq(model_):
+        with torch.inference_mode():
+            return evaluate(model_, processor, batches, "panoptic", metrics=["panoptic"])["PQ"]
+
+    held_out_images = [s["image"] for s in samples]
+    base_pq = pq(model)
+    base_fix = [panoptic(model, [img])[0] for img in fixture_images]
+    base_held = [panoptic(model, [img])[0] for img in held_out_images]
+    for mode in args.cpu_modes:
+        fast = optimize_for_cpu(model, mode)
+        mode_pq = pq(fast)
+        fix = [panoptic(fast, [img])[0] for img in fixture_images]
+        held = [panoptic(fast, [img])[0] for img in held_out_images]
+
+        def agree(a, b):
+            same = sum(
+                segments_signature(x) == segments_signature(y)
+                and torch.equal(x["segmentation"], y["segmentation"])
+                for x, y in zip(a, b, strict=True)
+            )
+            return f"{same}/{len(a)}"
+
+        line = (
+            f"demo model, {mode}: PQ {mode_pq:.2f} vs fp32 {base_pq:.2f} (Δ {mode_pq - base_pq:+.2f}) on "
+            f"{len(samples)} held-out synthetic images; panoptic segments (labels and areas) identical to "
+            "fp32 on "
+            f"{agree(fix, base_fix)} fixture images and {agree(held, base_held)} held-out images"
+        )
+        print("   " + line, flush=True)
+        report.agreement.append(line)
+        report.mode_pq[mode] = mode_pq - base_pq
 
 
 def run_train(args, report, theirs, ours, pixel_values, name, device):
@@ -623,6 +745,18 @@ def target_lines(report: Report) -> list[str]:
             f"- e2e panoptic {r.config}: {r.ratio:.2f}× (target ≥ {TARGETS['e2e']}×): "
             f"{verdict(r.ratio, TARGETS['e2e'])}"
         )
+    for r in rows(lambda r: r.task.startswith("end-to-end panoptic ") and "vs m2f_hf" not in r.task):
+        mode = r.task.rsplit(" ", 1)[-1]
+        dpq = report.mode_pq.get(mode)
+        pq_text = (
+            "PQ change not measured"
+            if dpq is None
+            else (f"PQ change {dpq:+.2f} (target |Δ| ≤ 0.5: {'met' if abs(dpq) <= 0.5 else 'missed'})")
+        )
+        out.append(
+            f"- e2e panoptic, CPU mode {mode}, {r.config}: {r.ratio:.2f}× transformers' fp32 (target ≥ 2×): "
+            f"{verdict(r.ratio, 2.0)}; {pq_text}"
+        )
     for r in rows(lambda r: r.task.startswith("post-process")):
         out.append(
             f"- {r.task} {r.config}: {r.ratio:.1f}× (target ≥ {TARGETS['post']}×): "
@@ -664,6 +798,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 repetition, 384x384:1 and 800x1333:1 only")
     parser.add_argument("--tiny", action="store_true", help="tiny model and sizes: runs in seconds (tests)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--cpu-modes",
+        default="bf16,int8",
+        help="opt-in CPU fast modes (m2f_hf.optimize_for_cpu) to time: bf16, int8, compile; '' for none",
+    )
+    parser.add_argument(
+        "--demo-images", type=int, default=32, help="held-out synthetic images for the PQ rows"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.train_reps, args.fast_reps = 1, 1, 1
@@ -672,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         args.reps, args.train_reps, args.fast_reps = 1, 1, 1
         args.configs, args.train_configs = "64x96:2", "64x96:2"
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.cpu_modes = [m.strip() for m in args.cpu_modes.split(",") if m.strip()]
     unknown = sorted(set(args.tasks) - set(TASKS))
     if unknown:
         raise SystemExit(f"unknown tasks {unknown}; choose from {TASKS}")
@@ -692,6 +835,9 @@ def main(argv: list[str] | None = None) -> int:
         models = build_models(args.tiny, Path(tmp), device)
         for height, width, batch in configs:
             run_config(args, report, models, height, width, batch, device, peak)
+        if args.cpu_modes and device.type == "cpu":
+            print("== CPU fast modes on the demo model", flush=True)
+            demo_mode_accuracy(args, report)
         if device.type == "cuda":
             run_gpu_variants(args, report, models, configs, device)
         else:
@@ -726,7 +872,7 @@ def run_gpu_variants(args, report, models, configs, device):
         pixel_values = torch.randn(batch, 3, height, width, device=device)
 
         def gather_fwd(model, pixel_values=pixel_values):
-            with mock.patch.dict(os.environ, {KERNEL_ENV: "pytorch"}), torch.inference_mode():
+            with layers_config.settings(deformable_kernel="pytorch"), torch.inference_mode():
                 model(pixel_values)
 
         t = interleaved(

@@ -13,6 +13,7 @@ import torch
 from test_backbone_swin import FIXTURE, _fixture_model
 
 from m2f_hf import layers_blocks as inference_blocks
+from m2f_hf import layers_config
 from m2f_hf.modeling_swin import SwinBackbone
 
 
@@ -40,7 +41,7 @@ def _count_calls(module: torch.nn.Module) -> list[int]:
     return calls
 
 
-def test_swin_blocks_match_whole_path_and_oracle(monkeypatch):
+def test_swin_blocks_match_whole_path_and_oracle():
     model = _fixture_model()
     first = model.layers[0].blocks[0]
     mlp_calls, qkv_calls = _count_calls(first.mlp), _count_calls(first.attn.qkv)
@@ -48,8 +49,7 @@ def test_swin_blocks_match_whole_path_and_oracle(monkeypatch):
     expected = np.load(FIXTURE / "intermediates.npz")
     whole = {k: v.detach() for k, v in model(batch).items()}  # autograd on: whole tensors
     # one window per attention block, a few dozen tokens per MLP block
-    monkeypatch.setattr(inference_blocks, "BLOCK_ELEMENTS", 4096)
-    with torch.inference_mode():
+    with layers_config.settings(block_elements=4096), torch.inference_mode():
         blocked = model(batch)
     assert mlp_calls[0] > 10 and qkv_calls[0] > 10  # 1 + 1 for the whole path, the rest blocks
     for name, feat in blocked.items():
@@ -58,13 +58,12 @@ def test_swin_blocks_match_whole_path_and_oracle(monkeypatch):
         assert np.abs(feat.numpy() - expected[f"backbone_{name}"]).max() < 1e-3, name
 
 
-def test_swin_blocks_with_padding_and_batch(monkeypatch):
+def test_swin_blocks_with_padding_and_batch():
     torch.manual_seed(0)
     model = SwinBackbone(embed_dim=16, num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2), window_size=7).eval()
     x = torch.randn(2, 3, 75, 101)  # sizes that need window padding at every stage
     whole = {k: v.detach() for k, v in model(x).items()}
-    monkeypatch.setattr(inference_blocks, "BLOCK_ELEMENTS", 3000)
-    with torch.no_grad():
+    with layers_config.settings(block_elements=3000), torch.no_grad():
         blocked = model(x)
     for name in whole:
         assert torch.allclose(blocked[name], whole[name], rtol=1e-5, atol=1e-5), name

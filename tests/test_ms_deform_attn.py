@@ -7,6 +7,7 @@ import torch
 from conftest import multi_scale_deformable_attention, multi_scale_deformable_attention_grid_sample
 
 import m2f_hf.modeling_deform_attn as msda
+from m2f_hf import layers_config
 from m2f_hf.modeling_deform_attn import MSDeformAttn
 
 SHAPES = [(7, 9), (4, 5), (2, 3)]
@@ -38,12 +39,15 @@ def test_fused_gather_matches_grid_sample():
 
 
 @pytest.mark.parametrize("sparse, block", [(True, None), (False, None), (False, 40)])
-def test_fused_gradients_match_grid_sample(sparse, block, monkeypatch):
+def test_fused_gradients_match_grid_sample(sparse, block):
     """The explicit backward of the fused gather (torch.sparse kernels, or the blocked loops used off CPU)
     equals autograd through the grid_sample formulation, for value, sampling locations and weights."""
-    monkeypatch.setattr(msda, "_SPARSE_BACKWARD", sparse)
-    if block is not None:
-        monkeypatch.setattr(msda, "_BACKWARD_BLOCK", block)
+    budget = {} if block is None else {"deform_backward_block": block}
+    with layers_config.settings(sparse_backward=sparse, **budget):
+        _check_fused_gradients()
+
+
+def _check_fused_gradients():
     # random points only: at exact pixel centres the bilinear derivative jumps, and which side a formula
     # lands on depends on rounding (the fused path uses the original kernel's location·size - 0.5)
     value, loc, weights = _inputs(seed=1, special_points=False)
@@ -111,20 +115,20 @@ def test_module_inference_and_training_paths_agree(training):
         attn(query, refs, value, SHAPES[:2])
 
 
-def test_inference_blocks_give_identical_results(monkeypatch):
+def test_inference_blocks_give_identical_results():
     """Queries processed a few at a time (bounded temporaries) give the same bits as one gather."""
     value, loc, weights = _inputs(seed=4)
     with torch.no_grad():
         whole = multi_scale_deformable_attention(value, SHAPES, loc, weights)
-        monkeypatch.setattr(msda, "_INFERENCE_BLOCK", 2 * 4 * len(SHAPES) * 3 * 4 * 3)  # 3 queries per block
-        blocked = multi_scale_deformable_attention(value, SHAPES, loc, weights)
+        # 3 queries per block
+        with layers_config.settings(deform_inference_block=2 * 4 * len(SHAPES) * 3 * 4 * 3):
+            blocked = multi_scale_deformable_attention(value, SHAPES, loc, weights)
     assert torch.equal(whole, blocked)
 
 
-def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
+def test_encoder_ffn_blocks_match_the_whole_computation():
     """The pixel decoder layer at inference, attention and FFN in token blocks, equals the unblocked layer
     (float noise)."""
-    import m2f_hf.layers_blocks as inference_blocks
     import m2f_hf.modeling_pixel_decoder as pixel_decoder
 
     torch.manual_seed(0)
@@ -134,11 +138,11 @@ def test_encoder_ffn_blocks_match_the_whole_computation(monkeypatch):
     refs = torch.rand(1, total, len(SHAPES), 2)
     with torch.no_grad():
         whole = layer(src, pos, refs, SHAPES)
-        monkeypatch.setattr(inference_blocks, "BLOCK_ELEMENTS", 2 * 64 * 5)  # 5 tokens (x batch 2) per block
         calls = []
         layer.self_attn.sampling_offsets.register_forward_hook(lambda *_: calls.append(1))
         layer.linear1.register_forward_hook(lambda *_: calls.append(2))
-        blocked = layer(src, pos, refs, SHAPES)
+        with layers_config.settings(block_elements=2 * 64 * 5):  # 5 tokens (x batch 2) per block
+            blocked = layer(src, pos, refs, SHAPES)
         assert calls == [1, 2] * ((total + 4) // 5)
     with torch.enable_grad():
         grad_path = layer(src, pos, refs, SHAPES)  # the unblocked path

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from m2f_hf import layers_config
 from m2f_hf import processing_postprocess as pp
 from m2f_hf.image_processing_m2f import M2fHfImageProcessor
 
@@ -134,22 +135,26 @@ def test_query_masks_equal_the_full_stack(low, image, target, threads):
 
 @pytest.mark.parametrize("queries", [5, 7, 11, 12])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_masks_at_target_in_query_chunks_equal_the_full_stack(monkeypatch, queries, threads):
+def test_masks_at_target_in_query_chunks_equal_the_full_stack(queries, threads):
     # four planes per chunk through the reused padded buffer, a last chunk of 3 redone as 4, into `out`
     low, image, target = (12, 40), (45, 157), (90, 161)
-    monkeypatch.setattr(pp, "QUERY_BLOCK", 4 * 4 * low[0] * 4 * low[1])
     _, mask_logits = make_logits(6, queries=queries, low=low)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for size in (target, image):
-            full = reference_masks(mask_logits, image, size)
-            assert torch.equal(pp.masks_at_target(mask_logits, image, size), full)
-            out = torch.full((queries, *size), float("nan"))
-            assert pp.masks_at_target(mask_logits, image, size, out=out) is out
-            assert torch.equal(out, full)
+        with layers_config.settings(postprocess_query_block=4 * 4 * low[0] * 4 * low[1]):
+            _check_masks_at_target(mask_logits, queries, image, target)
     finally:
         torch.set_num_threads(before)
+
+
+def _check_masks_at_target(mask_logits, queries, image, target):
+    for size in (target, image):
+        full = reference_masks(mask_logits, image, size)
+        assert torch.equal(pp.masks_at_target(mask_logits, image, size), full)
+        out = torch.full((queries, *size), float("nan"))
+        assert pp.masks_at_target(mask_logits, image, size, out=out) is out
+        assert torch.equal(out, full)
 
 
 def reference_panoptic(class_logits, masks, fuse, object_threshold, overlap, mask_threshold):

@@ -6,6 +6,7 @@ Importing the package registers its classes with the transformers Auto* factorie
 
 from .configuration_m2f import Mask2FormerConfig
 from .deprecated_modules import install as _install_moved_modules
+from .ecosystem_fast import optimize_for_cpu
 from .ecosystem_registration import register_auto_classes
 from .image_processing_m2f import M2fHfImageProcessor
 from .modeling_m2f import (
@@ -29,5 +30,6 @@ __all__ = [
     "Mask2FormerModel",
     "Mask2FormerModelOutput",
     "Mask2FormerPreTrainedModel",
+    "optimize_for_cpu",
     "register_auto_classes",
 ]

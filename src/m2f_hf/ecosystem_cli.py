@@ -152,8 +152,12 @@ def predict(
     contours: bool = False,
     draw_labels: bool = True,
     progress: bool = True,
+    cpu_mode: str | None = None,
 ) -> list[Path]:
     """Segment every image of `inputs` (files or folders) and write overlays and JSON into `output`.
+
+    cpu_mode: an opt-in CPU fast mode ("bf16", "int8" or "compile"; see `ecosystem_fast.optimize_for_cpu`
+    and docs/performance.md for its measured speed and accuracy cost).
 
     threshold: panoptic query score threshold (default: the processor's, the original's 0.8) or the
     instance score filter (default 0.5, as the original demo draws; 0 keeps the full top-k).
@@ -171,6 +175,12 @@ def predict(
         raise CliError(f"--task must be one of {SUBTASKS}, got {task!r}")
     images = collect_images(inputs)
     model, processor = load_model(model_ref, device, dtype)
+    if cpu_mode:
+        from .ecosystem_fast import optimize_for_cpu
+
+        if torch.device(device).type != "cpu" or (dtype not in (None, "float32")):
+            raise CliError(f"--cpu-mode {cpu_mode} needs --device cpu and a float32 model")
+        model = optimize_for_cpu(model, cpu_mode)
     task = task or default_subtask(model.config)
     if task == "instance" and threshold is None:
         threshold = INSTANCE_DISPLAY_THRESHOLD
@@ -251,6 +261,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         contours=args.contours,
         draw_labels=not args.no_labels,
         progress=not args.quiet,
+        cpu_mode=args.cpu_mode,
     )
     print(f"wrote {len(written)} overlay(s) and JSON file(s) to {args.output}")
     return 0
@@ -346,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict_p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     predict_p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model dtype")
     predict_p.add_argument("--batch-size", type=int, default=1)
+    predict_p.add_argument(
+        "--cpu-mode",
+        choices=["bf16", "int8", "compile"],
+        help="opt-in CPU fast mode (docs/performance.md: speed and accuracy cost of each)",
+    )
     predict_p.add_argument("--alpha", type=float, default=0.55, help="overlay colour weight in [0, 1]")
     predict_p.add_argument("--contours", action="store_true", help="draw segment borders")
     predict_p.add_argument("--no-labels", action="store_true", help="do not draw the label text")

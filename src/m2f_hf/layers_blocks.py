@@ -14,8 +14,16 @@ from collections.abc import Callable
 
 import torch
 
-# elements of the widest per-block temporary (4 MB in float32)
-BLOCK_ELEMENTS = 1 << 20
+from . import layers_config
+
+# The budget, elements of the widest per-block temporary, is the `block_elements` setting (layers_config).
+# Calls of blocked paths, by name: tests read it to prove a path was taken.
+BLOCKED_CALLS: dict[str, int] = {}
+
+
+def count_blocked(name: str) -> None:
+    """Record that the blocked path `name` ran (one dict update per call; tests read BLOCKED_CALLS)."""
+    BLOCKED_CALLS[name] = BLOCKED_CALLS.get(name, 0) + 1
 
 
 def tracing() -> bool:
@@ -31,13 +39,15 @@ def blockwise_inference(*tensors: torch.Tensor) -> bool:
     """True when work may be split into Python-level blocks: the tensors are on the CPU (where the page
     faults are; on a GPU the caching allocator reuses memory and the blocks would only add kernel launches),
     nothing needs gradients, and no compiler or tracer is watching."""
+    # non-tensors are skipped: a dynamically quantised Linear's `weight` is a method, not a tensor
+    tensors = tuple(t for t in tensors if isinstance(t, torch.Tensor))
     return all(t.device.type == "cpu" for t in tensors) and not tracing() and not needs_grad(*tensors)
 
 
 def rows_per_block(row_elements: int, budget: int | None = None) -> int:
-    """Rows whose widest temporary (`row_elements` per row) fits in `budget` (default BLOCK_ELEMENTS)
-    elements; at least 1."""
-    return max(1, (BLOCK_ELEMENTS if budget is None else budget) // max(1, row_elements))
+    """Rows whose widest temporary (`row_elements` per row) fits in `budget` (default: the
+    `block_elements` setting) elements; at least 1."""
+    return max(1, (layers_config.get("block_elements") if budget is None else budget) // max(1, row_elements))
 
 
 def add_blockwise_(

@@ -15,8 +15,11 @@ Training uses the same gather through `WeightedRowGather`, whose backward is wri
 indices and weights instead of the (B·M, D, Q, L·P) samples that autograd through `grid_sample` keeps, and
 avoids `embedding_bag`'s slow CPU backward for per-sample weights.
 
-On CUDA, when Triton is installed, `deformable_sample` runs Triton kernels instead (`ms_deform_attn_triton`:
-the same layout and rule, corners computed in registers); `M2F_HF_DEFORMABLE_KERNEL=pytorch` turns them off.
+On CUDA, when Triton is installed, `deformable_sample` can run Triton kernels instead
+(`modeling_deform_attn_triton`: the same layout and rule, corners computed in registers). They are chosen
+by the `deformable_kernel` setting (`layers_config`): with the default "auto" only after a first-call
+self-check against the PyTorch gather on a small input (`triton_self_check`, once per device and dtype)
+passed; on a disagreement the PyTorch gather stays in use and a warning says why.
 """
 
 from __future__ import annotations
@@ -28,16 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers_blocks import blockwise_inference, needs_grad, tracing
-from .modeling_deform_attn_triton import TritonDeformableSample, use_triton
+from . import layers_config
+from .layers_blocks import blockwise_inference, count_blocked, needs_grad, tracing
+from .modeling_deform_attn_triton import KERNEL_DTYPES, TritonDeformableSample, triton_available
 
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
-# elements of the (rows, K, D) scratch buffer of the blocked backward (4 MB in float32)
-_BACKWARD_BLOCK = 1 << 20
-# CPU backward through torch.sparse kernels (False: always the blocked loops; tests compare both)
-_SPARSE_BACKWARD = True
-# gather entries (query x head x level x point x corner) per inference block: ~4 MB of indices
-_INFERENCE_BLOCK = 1 << 20
+# Block budgets (`layers_config`): deform_backward_block, elements of the (rows, K, D) scratch buffer of the
+# blocked backward; deform_inference_block, gather entries (query x head x level x point x corner) per
+# inference block. sparse_backward: the CPU backward through torch.sparse kernels (off: the blocked loops).
 
 
 class WeightedRowGather(torch.autograd.Function):
@@ -60,7 +61,8 @@ class WeightedRowGather(torch.autograd.Function):
         table, rows, weights = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         want_table, want_weights = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        if _SPARSE_BACKWARD and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64):
+        sparse = layers_config.get("sparse_backward")
+        if sparse and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64):
             grad_table, grad_weights = _sparse_backward(
                 table, rows, weights, grad_out, want_table, want_weights
             )
@@ -107,7 +109,7 @@ def _blocked_backward(table, rows, weights, grad_out, want_table: bool, want_wei
     dim = table.shape[1]
     grad_table = torch.zeros_like(table) if want_table else None
     grad_weights = torch.empty_like(weights) if want_weights else None
-    step = min(num, max(1, _BACKWARD_BLOCK // max(1, per_row * dim)))
+    step = min(num, max(1, layers_config.get("deform_backward_block") // max(1, per_row * dim)))
     # one (step, K, D) buffer reused by every block: fresh large allocations cost page faults each time
     buffer = table.new_empty(step, per_row, dim)
     for start in range(0, num, step):
@@ -171,6 +173,99 @@ def _level_table(spatial_shapes: list[tuple[int, int]], device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
+_TRITON_CHECKS: dict[tuple[str, torch.dtype], bool] = {}
+layers_config.on_kernel_change(_TRITON_CHECKS.clear)
+# error allowed in the self-check, relative to the largest reference magnitude (low precision: the inputs
+# are rounded alike on both sides, the sums are not)
+_SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _on_cuda(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether the deformable sampling of `tensor` runs through the Triton kernels.
+
+    Setting `deformable_kernel` ("auto" by default; `layers_config`, env M2F_HF_DEFORMABLE_KERNEL):
+    "pytorch" never; "auto" for CUDA tensors in float32/float16/bfloat16 when Triton imports AND
+    `triton_self_check` passed for that device and dtype (run on the first such call, cached); "triton"
+    always (on CPU only under Triton's interpreter, TRITON_INTERPRET=1), raising where it cannot run."""
+    choice = layers_config.deformable_kernel()
+    if choice == "pytorch":
+        return False
+    if choice == "auto":
+        if not (triton_available() and _on_cuda(tensor) and tensor.dtype in KERNEL_DTYPES):
+            return False
+        key = (str(tensor.device), tensor.dtype)
+        if key not in _TRITON_CHECKS:
+            _TRITON_CHECKS[key] = triton_self_check(tensor.device, tensor.dtype)
+        return _TRITON_CHECKS[key]
+    name = layers_config.KERNEL_ENV
+    if not triton_available():
+        raise RuntimeError(f"{name}=triton, but the triton package is not installed")
+    if not _on_cuda(tensor) and not layers_config.get("triton_interpret"):
+        raise RuntimeError(
+            f"{name}=triton needs CUDA tensors (or TRITON_INTERPRET=1 to interpret the kernels on the "
+            f"CPU); got a tensor on {tensor.device}"
+        )
+    if tensor.dtype not in KERNEL_DTYPES:
+        raise RuntimeError(f"{name}=triton computes in float32 and below; got {tensor.dtype}")
+    return True
+
+
+def triton_self_check(device, dtype: torch.dtype, warn: bool = True) -> bool:
+    """Run the Triton kernels and the PyTorch gather on one small random problem on `device` in `dtype`
+    (two levels, positions inside and outside the maps, more queries than one program holds) and compare
+    the output and all three gradients. True when every error is within `_SELF_CHECK_TOLERANCE` of the
+    reference's magnitude; otherwise (or when the kernels fail to run) False, with a warning."""
+    shapes = [(7, 5), (3, 4)]
+    generator = torch.Generator().manual_seed(0)
+    rows = sum((h + _PAD_BEFORE + _PAD_AFTER) * (w + _PAD_BEFORE + _PAD_AFTER) for h, w in shapes)
+    batch, queries, heads, dim, points = 2, 70, 2, 8, 3
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads * dim, generator=generator)
+    padded = pad_value_levels(value, shapes).view(batch, rows, heads, dim)
+    size_xy = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32).view(1, 1, 1, 2, 1, 2)
+    pixel_xy = torch.rand(batch, queries, heads, 2, points, 2, generator=generator) * (size_xy + 3) - 2
+    attention = torch.rand(batch, queries, heads, 2, points, generator=generator)
+    grad_out = torch.randn(batch, queries, heads * dim, generator=generator)
+    inputs = [t.to(device=device, dtype=dtype) for t in (padded, pixel_xy, attention)]
+    reference = [t.detach().float().requires_grad_() for t in inputs]
+    out_ref = pytorch_deformable_sample(reference[0], shapes, reference[1], reference[2])
+    out_ref.backward(grad_out.to(device))
+    expected = [out_ref.detach()] + [t.grad for t in reference]
+    try:
+        candidate = [t.detach().clone().requires_grad_() for t in inputs]
+        out = TritonDeformableSample.apply(*candidate, _level_table(shapes, device))
+        out.backward(grad_out.to(device=device, dtype=dtype))
+        got = [out.detach()] + [t.grad for t in candidate]
+    except Exception as error:  # a kernel that does not compile or launch here
+        if warn:
+            warnings.warn(
+                f"Triton deformable kernels failed to run on {device} in {dtype} ({error!r}); using the "
+                f"PyTorch gather",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+    names = ("output", "value gradient", "position gradient", "attention gradient")
+    tolerance = _SELF_CHECK_TOLERANCE[dtype]
+    for name, want, have in zip(names, expected, got):
+        error = (have.float() - want).abs().max().item() if have is not None else math.inf
+        scale = max(want.abs().max().item(), 1e-6)
+        if not error <= tolerance * scale:
+            if warn:
+                warnings.warn(
+                    f"Triton deformable kernels disagree with the PyTorch gather on {device} in {dtype}: "
+                    f"{name} off by {error:.3g} (scale {scale:.3g}); using the PyTorch gather. Set "
+                    f"{layers_config.KERNEL_ENV}=triton to force the kernels.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return False
+    return True
+
+
 def deformable_sample(
     padded_value: torch.Tensor,
     spatial_shapes: list[tuple[int, int]],
@@ -183,8 +278,8 @@ def deformable_sample(
     pixel units of each level (x, y; pixel centres at integers, i.e. location·size - 0.5);
     attention_weights: (B, Q, M, L, P). Returns (B, Q, M·D).
 
-    Where `use_triton` says so (CUDA tensors with Triton installed, outside torch.compile/export) the
-    Triton kernels do the work. Otherwise, on CPU without autograd, queries go `_INFERENCE_BLOCK` gather
+    Where `use_triton` says so (see the module doc; never under torch.compile/export) the Triton kernels
+    do the work. Otherwise, on CPU without autograd, queries go `deform_inference_block` gather
     entries at a time, so the index and weight temporaries stay small and cache-resident instead of hundreds
     of MB.
     """
@@ -200,14 +295,25 @@ def deformable_sample(
     if use_triton(padded_value):
         levels_table = _level_table(spatial_shapes, padded_value.device)
         return TritonDeformableSample.apply(padded_value, pixel_xy, attention_weights, levels_table)
+    return pytorch_deformable_sample(padded_value, spatial_shapes, pixel_xy, attention_weights)
+
+
+def pytorch_deformable_sample(
+    padded_value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    pixel_xy: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """`deformable_sample` through the PyTorch gather, whatever the kernel setting says."""
+    batch, _, heads, dim = padded_value.shape
+    _, queries, _, levels, points, _ = pixel_xy.shape
     layout = _layout(spatial_shapes, batch, heads, pixel_xy.device, pixel_xy.dtype)
     # int32 row indices (half the bytes of int64) when the padded table is small enough
     index_dtype = torch.int32 if padded_value.numel() // dim < 2**31 else torch.int64
     blockwise = blockwise_inference(padded_value, pixel_xy, attention_weights)
+    entries = batch * heads * levels * points * 4  # gather entries per query
     block = (
-        min(queries, max(1, _INFERENCE_BLOCK // (batch * heads * levels * points * 4)))
-        if blockwise
-        else queries
+        min(queries, max(1, layers_config.get("deform_inference_block") // entries)) if blockwise else queries
     )
     # the clamp bounds as whole blocks: clamping against a broadcast over the small trailing (level, point,
     # xy) dims runs ~20x slower than against a same-shape tensor, forward and backward. Tiled for one query
@@ -216,6 +322,7 @@ def deformable_sample(
     bounds = tuple(tile.expand(1, block, -1, -1, -1, -1).contiguous() for tile in tiles)
     if queries == block:
         return _sample_block(padded_value, layout, index_dtype, pixel_xy, attention_weights, bounds)
+    count_blocked("deformable_sample")
     out = padded_value.new_empty(batch, queries, heads * dim)
     for start in range(0, queries, block):
         stop = min(start + block, queries)

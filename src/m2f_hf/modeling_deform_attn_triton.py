@@ -8,17 +8,19 @@ border, positions clamped to [-1, size], so no corner needs a bounds test. The b
 value gradient with atomic adds (as the original CUDA op does: the summation order, and so the last bits
 of that gradient, vary between runs).
 
-Selection (`use_triton`) follows `M2F_HF_DEFORMABLE_KERNEL`: "auto" (default: Triton for CUDA tensors
-in float32/float16/bfloat16 when Triton imports), "triton" (always; on CPU only under Triton's
-interpreter, `TRITON_INTERPRET=1`, which is how the tests run these kernels) or "pytorch" (never). The
-kernels accumulate in float32, so float64 stays on the PyTorch gather.
+Selection (`modeling_deform_attn.use_triton`) follows the `deformable_kernel` setting (`layers_config`):
+"auto" (default) uses these kernels on CUDA only after a first-call self-check against the PyTorch gather
+passed; "triton" always; "pytorch" never. The kernels accumulate in float32, so float64 stays on the
+PyTorch gather.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .layers_config import KERNEL_ENV, get
+
+__all__ = ["KERNEL_DTYPES", "KERNEL_ENV", "TritonDeformableSample", "triton_available"]
 
 try:
     import triton
@@ -26,32 +28,12 @@ try:
 except ImportError:  # Triton is optional: the PyTorch gather covers every device
     triton = None
 
-KERNEL_ENV = "M2F_HF_DEFORMABLE_KERNEL"
-_CHOICES = ("auto", "triton", "pytorch")
-# queries per program: a (BLOCK_Q, head_dim) tile of the output
-_BLOCK_Q = 64
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether the deformable sampling of `tensor` runs through the Triton kernels (see module doc)."""
-    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
-    if choice not in _CHOICES:
-        raise ValueError(f"{KERNEL_ENV}={choice!r}: expected one of {', '.join(_CHOICES)}")
-    if choice == "pytorch":
-        return False
-    if choice == "auto":
-        return triton is not None and tensor.is_cuda and tensor.dtype in _DTYPES
-    if triton is None:
-        raise RuntimeError(f"{KERNEL_ENV}=triton, but the triton package is not installed")
-    if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(
-            f"{KERNEL_ENV}=triton needs CUDA tensors (or TRITON_INTERPRET=1 to interpret the kernels on the "
-            f"CPU); got a tensor on {tensor.device}"
-        )
-    if tensor.dtype not in _DTYPES:
-        raise RuntimeError(f"{KERNEL_ENV}=triton computes in float32 and below; got {tensor.dtype}")
-    return True
+def triton_available() -> bool:
+    """Whether the triton package imported."""
+    return triton is not None
 
 
 if triton is not None:
@@ -201,8 +183,9 @@ if triton is not None:
 def _launch_shape(padded_value: torch.Tensor, pixel_xy: torch.Tensor):
     batch, padded_rows, heads, dim = padded_value.shape
     _, queries, _, levels, points, _ = pixel_xy.shape
-    grid = (triton.cdiv(queries, _BLOCK_Q), batch * heads)
-    sizes = dict(M=heads, D=dim, L=levels, P=points, BLOCK_Q=_BLOCK_Q, BLOCK_D=triton.next_power_of_2(dim))
+    block_q = get("triton_block_q")  # queries per program: a (block_q, head_dim) tile of the output
+    grid = (triton.cdiv(queries, block_q), batch * heads)
+    sizes = dict(M=heads, D=dim, L=levels, P=points, BLOCK_Q=block_q, BLOCK_D=triton.next_power_of_2(dim))
     return grid, queries, padded_rows, sizes
 
 
@@ -250,3 +233,12 @@ class TritonDeformableSample(torch.autograd.Function):
             grad_attn.to(attention_weights.dtype),
             None,
         )
+
+
+def __getattr__(name: str):
+    # `use_triton` lives with the PyTorch path it falls back to; the old import path keeps working
+    if name == "use_triton":
+        from .modeling_deform_attn import use_triton
+
+        return use_triton
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

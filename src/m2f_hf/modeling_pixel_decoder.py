@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers_blocks import blockwise_inference, rows_per_block
+from .layers_blocks import blockwise_inference, count_blocked, rows_per_block
 from .layers_position import SinePositionEmbedding
 from .modeling_deform_attn import MSDeformAttn
 from .modeling_resnet import ConvNorm
@@ -48,6 +48,8 @@ class DeformableEncoderLayer(nn.Module):
         value = self.self_attn.padded_value(src, spatial_shapes)
         out = torch.empty_like(src)
         step = rows_per_block(src.shape[0] * self.linear1.out_features)
+        if step < src.shape[1]:
+            count_blocked("pixel_decoder_layer")
         for start in range(0, src.shape[1], step):
             part = slice(start, start + step)
             x = src[:, part]

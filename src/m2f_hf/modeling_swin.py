@@ -20,11 +20,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .layers_blocks import add_blockwise_, blockwise_inference, rows_per_block
+from . import layers_config
+from .layers_blocks import add_blockwise_, blockwise_inference, count_blocked, rows_per_block
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 SHIFT_MASK_VALUE = -100.0  # the original's additive value between tokens of different shifted regions
-_MASK_CACHE_SIZE = 16
 
 
 def _is_symbolic(*sizes) -> bool:
@@ -185,6 +185,7 @@ class WindowAttention(nn.Module):
         step = rows_per_block(b * n * 3 * c)
         if nw <= step or not blockwise_inference(windows, self.qkv.weight):
             return self._attend(windows, shift_mask)
+        count_blocked("swin_window_attention")
         out = torch.empty_like(windows)
         for start in range(0, nw, step):
             part = slice(start, start + step)
@@ -281,7 +282,10 @@ class SwinBlock(nn.Module):
         # inference: the MLP residual is added in place a block of tokens at a time (`inference_blocks`)
         x = x.contiguous()
         flat = x.view(-1, x.shape[-1])
-        add_blockwise_(flat, self._mlp_branch, flat, rows_per_block(self.mlp.fc1.out_features))
+        rows = rows_per_block(self.mlp.fc1.out_features)
+        if rows < flat.shape[0]:
+            count_blocked("swin_mlp")
+        add_blockwise_(flat, self._mlp_branch, flat, rows)
         return x
 
     def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,7 +375,7 @@ class SwinStage(nn.Module):
             with torch.inference_mode(False):
                 mask = shift_attention_mask(hp, wp, ws, self.shift_size, device)
             self._mask_cache[key] = mask
-            if len(self._mask_cache) > _MASK_CACHE_SIZE:
+            if len(self._mask_cache) > layers_config.get("swin_mask_cache_size"):
                 self._mask_cache.popitem(last=False)
         else:
             self._mask_cache.move_to_end(key)

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import layers_config
+from .layers_blocks import count_blocked
+
 __all__ = [
-    "CLASS_CHUNK",
-    "PIXEL_BLOCK",
     "TASKS",
     "check_task",
     "class_flags",
@@ -45,14 +46,26 @@ __all__ = [
 
 # The tasks of the rules (and the pipeline's subtasks), in the pipeline's order of preference.
 TASKS = ("panoptic", "instance", "semantic")
-# Number of classes scored at once when only the argmax of the semantic map is wanted: bounds the peak
-# memory to CLASS_CHUNK x H x W instead of num_classes x H x W.
-CLASS_CHUNK = 32
-# Pixels scored at once on the resize-first path: bounds the peak to PIXEL_BLOCK x num_classes.
-PIXEL_BLOCK = 65536
-# Pixels scored at once by `semantic_argmax_low_res`: its per-block buffers (a few MB) are reused instead
-# of fresh full-size allocations.
-SEMANTIC_BLOCK = 65536
+# Chunk sizes are runtime settings (`layers_config`): postprocess_class_chunk (classes scored at once when
+# only the argmax of the semantic map is wanted: peak CLASS_CHUNK x H x W, not num_classes x H x W),
+# postprocess_pixel_block (pixels scored at once on the resize-first path), postprocess_semantic_block
+# (pixels scored at once by `semantic_argmax_low_res`, reused buffers of a few MB) and
+# postprocess_query_block (mask elements, queries x output pixels, upsampled at once by the panoptic and
+# instance rules). The old constant names read the current settings.
+_SETTING_NAMES = {
+    "CLASS_CHUNK": "postprocess_class_chunk",
+    "PIXEL_BLOCK": "postprocess_pixel_block",
+    "SEMANTIC_BLOCK": "postprocess_semantic_block",
+    "QUERY_BLOCK": "postprocess_query_block",
+}
+
+
+def __getattr__(name: str):
+    if name in _SETTING_NAMES:
+        return layers_config.get(_SETTING_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Classes whose total probability mass Σ_q p[q, c] exceeds this are scored at every pixel by the
 # semantic rule; the others only where a bound leaves the argmax open (`_candidate_classes`).
 CANDIDATE_MASS = 0.05
@@ -60,9 +73,6 @@ CANDIDATE_MASS = 0.05
 # error of a class score is below 1e-5 relative (a sum of at most a few hundred non-negative products),
 # so 1e-4 is a wide safety factor.
 DECISION_MARGIN = 1e-4
-# Mask elements (queries x output pixels) upsampled at once by the panoptic and instance rules: their
-# per-chunk temporaries stay at a few MB instead of one Q x H x W stack.
-QUERY_BLOCK = 1 << 22
 
 
 def check_task(task: str) -> str:
@@ -112,7 +122,9 @@ def masks_at_target(
         return result if out is None else out.copy_(result)
     if out is None:
         out = mask_logits.new_empty((queries, *output_size))
-    step = max(4, QUERY_BLOCK // (padded[0] * padded[1]))
+    step = max(4, layers_config.get("postprocess_query_block") // (padded[0] * padded[1]))
+    if step < queries:
+        count_blocked("masks_at_target")
     scratch = mask_logits.new_empty((min(step, queries), *padded))
     start = 0
     while start < queries:
@@ -227,8 +239,8 @@ def semantic_argmax(
     mask_logits: torch.Tensor,
     image_size: tuple[int, int] | None = None,
     output_size: tuple[int, int] | None = None,
-    chunk: int = CLASS_CHUNK,
-    pixel_block: int = PIXEL_BLOCK,
+    chunk: int | None = None,
+    pixel_block: int | None = None,
 ) -> torch.Tensor:
     """Class map (H, W) long of the semantic rule without holding all K class maps at once.
 
@@ -237,6 +249,8 @@ def semantic_argmax(
     `mask_logits` as given (the padded batch) and then cropped and resized before the argmax, `chunk`
     classes at a time: the original's order when `sem_seg_postprocess_before_inference` is off.
     """
+    chunk = layers_config.get("postprocess_class_chunk") if chunk is None else chunk
+    pixel_block = layers_config.get("postprocess_pixel_block") if pixel_block is None else pixel_block
     class_probs = class_logits.softmax(dim=-1)[:, :-1]
     num_queries, num_classes = class_probs.shape
     height, width = mask_logits.shape[-2:]
@@ -246,6 +260,8 @@ def semantic_argmax(
         torch.sigmoid(mask_logits.reshape(num_queries, -1).t(), out=probs)
         labels = torch.empty(height * width, dtype=torch.long, device=mask_logits.device)
         step = max(1, int(pixel_block))
+        if step < height * width:
+            count_blocked("semantic_argmax_pixels")
         for start in range(0, height * width, step):
             labels[start : start + step] = (probs[start : start + step] @ class_probs).argmax(dim=1)
         return labels.reshape(height, width)
@@ -256,6 +272,8 @@ def semantic_argmax(
         scores = torch.einsum("qc,qhw->chw", class_probs[:, classes], mask_probs)
         return crop_and_resize(scores, image_size, output_size or image_size)
 
+    if int(chunk) < num_classes:
+        count_blocked("semantic_argmax_classes")
     return _running_argmax(num_classes, scores_for, max(1, int(chunk)))
 
 
@@ -323,7 +341,7 @@ def semantic_argmax_low_res(
     mask_logits: torch.Tensor,
     image_size: tuple[int, int],
     output_size: tuple[int, int],
-    pixel_block: int = SEMANTIC_BLOCK,
+    pixel_block: int | None = None,
 ) -> torch.Tensor:
     """Class map (H, W) long of the semantic rule on `masks_at_target(mask_logits, image_size, output_size)`
     (the original's order with `sem_seg_postprocess_before_inference`), `pixel_block` pixels at a time.
@@ -343,7 +361,10 @@ def semantic_argmax_low_res(
     candidates = _candidate_classes(class_probs)
     device = mask_logits.device
     labels = torch.empty((out_h, out_w), dtype=torch.long, device=device)
+    pixel_block = layers_config.get("postprocess_semantic_block") if pixel_block is None else pixel_block
     block = max(int(pixel_block), out_w)
+    if block < out_h * out_w:
+        count_blocked("semantic_argmax_low_res")
     # bands: at least 4 output rows, and wide enough that F.interpolate keeps its per-pixel kernel
     if (out_h, out_w) == (crop_h, crop_w) and 4 * width > 128:
         # bands of whole low-resolution rows (multiples of 4 output rows) keep the extra rows few
@@ -376,8 +397,10 @@ def mask_probability_logit(mask_threshold: float) -> float:
 
 
 def _chunk_size(chunk: int | None, pixels: int) -> int:
-    """Queries per chunk: `chunk`, or by default as many as keep a chunk near QUERY_BLOCK elements."""
-    return max(1, int(chunk) if chunk is not None else QUERY_BLOCK // max(1, pixels))
+    """Queries per chunk: `chunk`, or by default as many as keep a chunk near `postprocess_query_block`
+    elements."""
+    size = int(chunk) if chunk is not None else layers_config.get("postprocess_query_block") // max(1, pixels)
+    return max(1, size)
 
 
 def _count(masks: torch.Tensor) -> torch.Tensor:
@@ -394,6 +417,8 @@ def _query_chunks(
     `mask_logits` is either the (Q, H, W) stack at the output size or a function mapping query indices to
     their fresh (n, H, W) logits (e.g. upsampling only those queries, see `query_masks`). Either way each
     yielded chunk is a tensor of its own (indexing copies), so the caller may overwrite it."""
+    if chunk < queries.numel():
+        count_blocked("query_chunks")
     for start in range(0, queries.numel(), chunk):
         part = slice(start, start + chunk)
         index = queries[part]
