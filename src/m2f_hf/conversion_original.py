@@ -49,7 +49,6 @@ TRAINING_ONLY_SUFFIXES: dict[str, str] = {
     "num_batches_tracked": "training-only BatchNorm batch counter (BN/SyncBN); inference never reads it",
 }
 TRAINING_ONLY_PREFIXES = ("criterion.",)
-DROPPABLE_SUFFIXES = tuple(TRAINING_ONLY_SUFFIXES)  # kept for callers of the old name
 # First layer of each backbone: its input channels are flipped when the original was fed BGR.
 FIRST_LAYER_WEIGHTS = ("model.backbone.stem.conv1.weight", "model.backbone.patch_embed.proj.weight")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -135,7 +134,11 @@ def map_state_dict(
                     f"(shape {tuple(value.shape)} vs {tuple(expected.shape)}); "
                     "this model cannot reproduce them"
                 )
-            result.dropped[key] = "derived buffer, identical to the model's own"
+            result.dropped[key] = (
+                "derived buffer, same shape as the model's own (meta device: values not compared)"
+                if shape_only
+                else "derived buffer, identical to the model's own"
+            )
             continue
         if new not in target:
             suffix = key.rsplit(".", 1)[-1]
