@@ -46,9 +46,12 @@ KEY_PREFIXES: tuple[tuple[str, str], ...] = (
     # checkpoints written before the pixel decoder got its own prefix (MaskFormerHead version < 2)
     ("sem_seg_head.", "model.pixel_decoder."),
 )
-# Keys that only matter for training or that the model derives itself: dropped unless the model
-# keeps a persistent entry of that name.
-DROPPABLE_SUFFIXES = ("num_batches_tracked", "attn.relative_position_index")
+# Training-only buffers (suffix -> why): dropped, and reported, unless the model keeps an entry of that name.
+# Nothing else is ever dropped silently: a derived buffer must equal the model's own value, any other
+# key without a home in the model is "unused" (an error in strict mode).
+TRAINING_ONLY_SUFFIXES: dict[str, str] = {
+    "num_batches_tracked": "training-only BatchNorm batch counter (BN/SyncBN); inference never reads it",
+}
 TRAINING_ONLY_PREFIXES = ("criterion.",)
 # First layer of each backbone: its input channels are flipped when the original was fed BGR.
 FIRST_LAYER_WEIGHTS = ("model.backbone.stem.conv1.weight", "model.backbone.patch_embed.proj.weight")
@@ -77,12 +80,22 @@ class KeyMapping:
     unused: list[str] = field(default_factory=list)  # original keys nothing in the model takes
     missing: list[str] = field(default_factory=list)  # our keys no original key provides
 
+    def dropped_by_reason(self) -> dict[str, list[str]]:
+        """reason -> the original keys dropped for it (checkpoint order)."""
+        groups: dict[str, list[str]] = {}
+        for key, reason in self.dropped.items():
+            groups.setdefault(reason, []).append(key)
+        return groups
+
     def summary(self) -> str:
-        return (
+        lines = [
             f"{len(self.state_dict)} tensors mapped ({len(self.renamed)} renamed), "
             f"{len(self.dropped)} dropped, "
             f"{len(self.unused)} unused, {len(self.missing)} missing"
-        )
+        ]
+        for reason, keys in self.dropped_by_reason().items():
+            lines.append(f"  dropped {len(keys)} x {reason} (e.g. {keys[0]})")
+        return "\n".join(lines)
 
 
 def map_state_dict(
@@ -114,19 +127,26 @@ def map_state_dict(
             raise ValueError(f"original keys {sources[new]!r} and {key!r} both map to {new!r}")
         if new in derived and new not in target:
             expected = derived[new]
-            if tuple(value.shape) != tuple(expected.shape) or not torch.equal(
-                value.to(expected.dtype), expected
+            # on the meta device (shape-only dry runs) only the shape can be compared
+            shape_only = value.is_meta or expected.is_meta
+            if tuple(value.shape) != tuple(expected.shape) or (
+                not shape_only and not torch.equal(value.to(expected.dtype), expected)
             ):
                 raise ValueError(
                     f"{key}: the checkpoint's values differ from the ones the model derives "
                     f"(shape {tuple(value.shape)} vs {tuple(expected.shape)}); "
                     "this model cannot reproduce them"
                 )
-            result.dropped[key] = "derived buffer, identical to the model's own"
+            result.dropped[key] = (
+                "derived buffer, same shape as the model's own (meta device: values not compared)"
+                if shape_only
+                else "derived buffer, identical to the model's own"
+            )
             continue
         if new not in target:
-            if key.endswith(DROPPABLE_SUFFIXES):
-                result.dropped[key] = "training-only buffer the model does not keep"
+            suffix = key.rsplit(".", 1)[-1]
+            if suffix in TRAINING_ONLY_SUFFIXES:
+                result.dropped[key] = TRAINING_ONLY_SUFFIXES[suffix]
             else:
                 result.unused.append(key)
             continue
@@ -420,6 +440,45 @@ def _derived_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return derived
 
 
+def plan_conversion(
+    checkpoint: OriginalCheckpoint,
+    config_path: str | Path | dict | None = None,
+    dataset: str | None = None,
+    strict: bool = True,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[OriginalSettings, torch.nn.Module, KeyMapping]:
+    """Settings, the (untouched) target model and the key mapping of a conversion; writes nothing.
+
+    `config_path`: the original yaml (or its already-loaded dict); None infers the architecture from the
+    tensor shapes (`dataset` then supplies classes and test settings). `device="meta"` builds the model
+    without allocating weights: with meta checkpoint tensors this checks keys and shapes of a real-width
+    model at no memory cost (derived buffers are then compared by shape only).
+    strict: unused original keys or missing model keys are an error (otherwise listed in the mapping).
+    """
+    from .modeling_m2f import Mask2FormerForUniversalSegmentation
+
+    if config_path is not None:
+        settings = settings_from_original_config(config_path, dataset=dataset)
+    else:
+        settings = infer_settings_from_state_dict(rename_state_dict(checkpoint.state_dict), dataset)
+    if device is None:
+        model = Mask2FormerForUniversalSegmentation(settings.config).eval()
+    else:
+        with torch.device(device):
+            model = Mask2FormerForUniversalSegmentation(settings.config).eval()
+    target = model.state_dict()
+    mapping = map_state_dict(checkpoint.state_dict, target, _derived_buffers(model), progress=progress)
+    missing = [k for k in mapping.missing if not k.startswith(TRAINING_ONLY_PREFIXES)]
+    if strict and (mapping.unused or missing):
+        raise ValueError(
+            f"{checkpoint.path} does not fit the configured model: unused checkpoint keys "
+            f"{mapping.unused[:20]}{' ...' if len(mapping.unused) > 20 else ''}, missing model keys "
+            f"{missing[:20]}{' ...' if len(missing) > 20 else ''}"
+        )
+    return settings, model, mapping
+
+
 def import_original_checkpoint(
     checkpoint: str | Path | OriginalCheckpoint,
     output_dir: str | Path | None = None,
@@ -434,26 +493,10 @@ def import_original_checkpoint(
 
     strict: unused original keys or missing model keys are an error (otherwise listed in the report).
     """
-    from .modeling_m2f import Mask2FormerForUniversalSegmentation
-
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(TORCH_DTYPES)}")
     ckpt = checkpoint if isinstance(checkpoint, OriginalCheckpoint) else load_original_checkpoint(checkpoint)
-    if config_path is not None:
-        settings = settings_from_original_config(config_path, dataset=dataset)
-    else:
-        settings = infer_settings_from_state_dict(rename_state_dict(ckpt.state_dict), dataset)
-
-    model = Mask2FormerForUniversalSegmentation(settings.config).eval()
-    target = model.state_dict()
-    mapping = map_state_dict(ckpt.state_dict, target, _derived_buffers(model), progress=progress)
-    missing = [k for k in mapping.missing if not k.startswith(TRAINING_ONLY_PREFIXES)]
-    if strict and (mapping.unused or missing):
-        raise ValueError(
-            f"{ckpt.path} does not fit the configured model: unused checkpoint keys {mapping.unused[:20]}"
-            f"{' ...' if len(mapping.unused) > 20 else ''}, missing model keys {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}"
-        )
+    settings, model, mapping = plan_conversion(ckpt, config_path, dataset, strict=strict, progress=progress)
     flipped = False
     if settings.input_format == "BGR":
         for key in FIRST_LAYER_WEIGHTS:
@@ -490,6 +533,7 @@ __all__ = [
     "infer_architecture",
     "infer_settings_from_state_dict",
     "map_state_dict",
+    "plan_conversion",
     "rename_original_key",
     "rename_state_dict",
 ]

@@ -42,14 +42,30 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """detectron2 `BN` / `SyncBN` at inference: no `num_batches_tracked` (a training-only counter).
+
+    torch's BatchNorm inserts that counter into any state dict loaded without `_metadata` versions, so a
+    plain `load_state_dict(model.state_dict())` would report it as unexpected; this class loads exactly
+    the keys its own `state_dict()` writes. Original checkpoints that carry the counter go through the
+    converter, which drops and reports it.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.register_buffer("num_batches_tracked", None)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        # skip _NormBase's version upgrade (it adds `num_batches_tracked`); a plain module load
+        nn.Module._load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs)
+
+
 def make_norm(norm: str, channels: int) -> nn.Module:
-    """detectron2 `get_norm` for the kinds the zoo uses. BN/SyncBN drop `num_batches_tracked` (never used)."""
+    """detectron2 `get_norm` for the kinds the zoo uses. BN/SyncBN keep no `num_batches_tracked`."""
     if norm == "FrozenBN":
         return FrozenBatchNorm2d(channels)
     if norm in ("BN", "SyncBN", "nnSyncBN", "naiveSyncBN"):
-        bn = nn.BatchNorm2d(channels)
-        bn.register_buffer("num_batches_tracked", None)
-        return bn
+        return BatchNorm2d(channels)
     if norm == "GN":
         return nn.GroupNorm(32, channels)
     if norm in ("", None):
