@@ -76,7 +76,9 @@ def test_clip_cost_shares_points_across_frames():
     matcher = Mask2FormerVideoHungarianMatcher(2.0, 5.0, 5.0, num_points=256)
     points = arrays["final_matcher_points"]
     (cost,) = matcher.cost_matrices(masks_logits, class_logits, masks, labels, rand_fn=Replay([points]))
-    ref = reference_video_cost(matcher, masks_logits, class_logits, masks, labels, torch.from_numpy(points[0]))
+    ref = reference_video_cost(
+        matcher, masks_logits, class_logits, masks, labels, torch.from_numpy(points[0])
+    )
     assert (cost - ref).abs().max() <= 1e-5
     # a clip is not the sum of its frames matched separately: frame 0 alone gives another cost
     (frame0,) = matcher.cost_matrices(
