@@ -212,3 +212,34 @@ def test_no_predictions_and_bad_inputs():
         ev.update(np.zeros((1, 4, 4), bool), [0.5], [1], np.ones((1, 2, 4, 4), bool), [1])
     with pytest.raises(ValueError, match="not in category_ids"):
         ev.update(np.zeros((1, 2, 4, 4), bool), [0.5], [9], np.ones((1, 2, 4, 4), bool), [1])
+
+
+def test_synthetic_ground_truth_scores_itself_perfectly_and_a_shift_scores_less():
+    from m2f_hf.training_synthetic_video import make_synthetic_video_dataset
+
+    dataset, _ = make_synthetic_video_dataset(4, num_frames=5, size=(40, 56), seed=3)
+    perfect = [
+        {
+            "video_id": a["video_id"],
+            "category_id": a["category_id"],
+            "score": 0.9,
+            "segmentations": a["segmentations"],
+        }
+        for a in dataset["annotations"]
+    ]
+    assert evaluate_ytvis(dataset, perfect).stats[0] == pytest.approx(1.0)
+    shifted = []
+    for r in perfect:
+        segms = []
+        for s in r["segmentations"]:
+            if s is None:
+                segms.append(None)
+                continue
+            m = np.roll(
+                mask_utils.decode([{"size": s["size"], "counts": s["counts"].encode()}])[:, :, 0], 3, axis=1
+            )
+            e = mask_utils.encode(np.asfortranarray(m))
+            e["counts"] = e["counts"].decode()
+            segms.append(e)
+        shifted.append({**r, "segmentations": segms})
+    assert 0 < evaluate_ytvis(dataset, shifted).stats[0] < 1

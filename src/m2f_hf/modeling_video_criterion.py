@@ -85,9 +85,7 @@ class Mask2FormerVideoLoss(Mask2FormerLoss):
         class_labels: Sequence[Tensor],
         auxiliary_predictions: Sequence[dict[str, Tensor]] | None = None,
     ) -> dict[str, Tensor]:
-        self._check_inputs(masks_queries_logits, class_queries_logits, mask_labels, class_labels, "final")
-        self._check_targets(mask_labels, class_labels)
-        _check_clip_shapes(masks_queries_logits, mask_labels)
+        _check_clip_shapes(masks_queries_logits, mask_labels)  # the rest is checked by the image loss
         return super().forward(
             masks_queries_logits, class_queries_logits, mask_labels, class_labels, auxiliary_predictions
         )
