@@ -57,6 +57,12 @@ class Mask2FormerLoss(nn.Module):
     `last_num_masks` holds the normaliser.
     """
 
+    # axes of the predicted mask logits and of one sample's target masks (the video loss adds T)
+    mask_logits_layout: tuple[str, ...] = ("B", "Q", "h", "w")
+    mask_labels_layout: tuple[str, ...] = ("N", "H", "W")
+    sample_name = "image"
+    matcher_class: type[Mask2FormerHungarianMatcher] = Mask2FormerHungarianMatcher
+
     def __init__(self, config: Mask2FormerConfig, rand_fn: RandFn | None = None) -> None:
         super().__init__()
         self.num_labels = config.num_labels
@@ -76,7 +82,7 @@ class Mask2FormerLoss(nn.Module):
         if not 0 <= self.importance_sample_ratio <= 1:
             raise ValueError(f"importance_sample_ratio must be in [0, 1], got {self.importance_sample_ratio}")
         self.rand_fn = rand_fn
-        self.matcher = Mask2FormerHungarianMatcher(
+        self.matcher = self.matcher_class(
             cost_class=self.class_weight,
             cost_mask=self.mask_weight,
             cost_dice=self.dice_weight,
@@ -109,9 +115,10 @@ class Mask2FormerLoss(nn.Module):
         class_labels: Sequence[Tensor],
         where: str,
     ) -> None:
-        if masks_queries_logits.dim() != 4:
+        if masks_queries_logits.dim() != len(self.mask_logits_layout):
             raise ValueError(
-                f"{where}: masks_queries_logits must be (B, Q, h, w), got {tuple(masks_queries_logits.shape)}"
+                f"{where}: masks_queries_logits must be ({', '.join(self.mask_logits_layout)}), got "
+                f"{tuple(masks_queries_logits.shape)}"
             )
         if class_queries_logits.dim() != 3:
             raise ValueError(
@@ -137,19 +144,24 @@ class Mask2FormerLoss(nn.Module):
     def _check_targets(self, mask_labels: Sequence[Tensor], class_labels: Sequence[Tensor]) -> None:
         for b, (masks, labels) in enumerate(zip(mask_labels, class_labels, strict=True)):
             if not isinstance(masks, Tensor) or not isinstance(labels, Tensor):
-                raise TypeError(f"image {b}: mask_labels and class_labels must be tensors")
-            if masks.dim() != 3:
-                raise ValueError(f"image {b}: mask_labels must be (N, H, W), got {tuple(masks.shape)}")
+                raise TypeError(f"{self.sample_name} {b}: mask_labels and class_labels must be tensors")
+            if masks.dim() != len(self.mask_labels_layout):
+                raise ValueError(
+                    f"{self.sample_name} {b}: mask_labels must be ({', '.join(self.mask_labels_layout)}), "
+                    f"got {tuple(masks.shape)}"
+                )
             if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
                 raise ValueError(
-                    f"image {b}: class_labels must be a 1-D integer tensor, got {labels.dtype} "
+                    f"{self.sample_name} {b}: class_labels must be a 1-D integer tensor, got {labels.dtype} "
                     f"{tuple(labels.shape)}"
                 )
             if masks.shape[0] != labels.shape[0]:
-                raise ValueError(f"image {b}: {masks.shape[0]} masks but {labels.shape[0]} class labels")
+                raise ValueError(
+                    f"{self.sample_name} {b}: {masks.shape[0]} masks but {labels.shape[0]} class labels"
+                )
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_labels):
                 raise ValueError(
-                    f"image {b}: class labels must lie in [0, {self.num_labels}), got "
+                    f"{self.sample_name} {b}: class labels must lie in [0, {self.num_labels}), got "
                     f"[{int(labels.min())}, {int(labels.max())}]"
                 )
 
@@ -199,7 +211,10 @@ class Mask2FormerLoss(nn.Module):
         """BCE and Dice of the matched pairs at uncertainty-sampled points; also the top-k indices."""
         device = masks_queries_logits.device
         batch_idx, query_idx = self._prediction_index(indices, device)
-        pred = masks_queries_logits[batch_idx, query_idx][:, None]
+        # One row per matched pair, or per (pair, frame) for video masks (N, T, h, w), pair-major.
+        pred = masks_queries_logits[batch_idx, query_idx]
+        frames = pred[0].numel() // pred[0].shape[-2:].numel() if pred.shape[0] else 1
+        pred = pred.reshape(-1, 1, *pred.shape[-2:])
         # Coordinates are relative to the batch-wide padded frame, as with the original's nested tensor.
         canvas = (max(int(m.shape[-2]) for m in mask_labels), max(int(m.shape[-1]) for m in mask_labels))
 
@@ -210,13 +225,15 @@ class Mask2FormerLoss(nn.Module):
             pieces = []
             start = 0
             for masks, (_, tgt) in zip(mask_labels, indices, strict=True):
-                count = int(tgt.shape[0])
+                count = int(tgt.shape[0]) * frames
                 if count:
+                    tgt = tgt.to(masks.device)
+                    rows = (tgt[:, None] * frames + torch.arange(frames, device=masks.device)).reshape(-1)
                     pieces.append(
                         sample_masks_at_points(
-                            masks,
+                            masks.flatten(0, -3),
                             point_coords[start : start + count].to(masks.device),
-                            rows=tgt.to(masks.device),
+                            rows=rows,
                             canvas_size=canvas,
                         ).to(device)
                     )

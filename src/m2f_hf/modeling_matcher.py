@@ -110,13 +110,18 @@ class Mask2FormerHungarianMatcher(nn.Module):
         # Batched over images: the targets of each image are zero-padded to the largest count.
         probs = class_queries_logits.softmax(-1)
         with torch.autocast(device_type=device.type, enabled=False):
-            pred_points = point_sample(masks_queries_logits, coords.to(masks_queries_logits.dtype)).float()
-            target_points = pred_points.new_zeros(batch_size, max_targets, self.num_points)
+            # Video masks (B, Q, T, h, w): the same points are read in every frame and the frames'
+            # values are concatenated (frame-major), so one clip is matched as a whole. Images: T = 1.
+            frames = masks_queries_logits[0, 0].numel() // masks_queries_logits[0, 0].shape[-2:].numel()
+            pred_points = point_sample(
+                masks_queries_logits.flatten(1, -3), coords.to(masks_queries_logits.dtype)
+            ).float()
+            pred_points = pred_points.reshape(batch_size, num_queries, frames * self.num_points)
+            target_points = pred_points.new_zeros(batch_size, max_targets, frames * self.num_points)
             for b, (masks, count) in enumerate(zip(mask_labels, counts, strict=True)):
                 if count:
-                    target_points[b, :count] = sample_masks_at_points(masks, coords[b].to(masks.device)).to(
-                        device
-                    )
+                    sampled = sample_masks_at_points(masks.flatten(0, -3), coords[b].to(masks.device))
+                    target_points[b, :count] = sampled.reshape(count, -1).to(device)
             cost_mask = pairwise_sigmoid_ce_cost(pred_points, target_points)
             cost_dice = pairwise_dice_cost(pred_points, target_points)
 

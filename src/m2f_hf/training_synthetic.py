@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,25 +106,55 @@ def _stuff_texture(rng: np.random.Generator, layout: np.ndarray) -> np.ndarray:
     return image
 
 
-def _shape_mask(rng: np.random.Generator, class_id: int, height: int, width: int) -> np.ndarray:
-    """Boolean mask of one random shape of the given thing class."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+@dataclass(frozen=True)
+class ShapeParams:
+    """Geometry of one thing shape: class, centre, size, orientation and the class-specific extras
+    (rectangle aspect, ellipse aspect, triangle vertex jitter)."""
+
+    class_id: int
+    cy: float
+    cx: float
+    size: float
+    angle: float
+    extra: tuple[float, ...] = ()
+
+    def moved(self, dy: float, dx: float, dangle: float = 0.0) -> ShapeParams:
+        return replace(self, cy=self.cy + dy, cx=self.cx + dx, angle=self.angle + dangle)
+
+
+def _shape_params(rng: np.random.Generator, class_id: int, height: int, width: int) -> ShapeParams:
+    """Random geometry of a shape of the given thing class (the draws of the image generator, in order)."""
     scale = min(height, width)
     cy, cx = rng.uniform(0.1, 0.9) * height, rng.uniform(0.1, 0.9) * width
     size = rng.uniform(0.08, 0.22) * scale
     angle = rng.uniform(0.0, np.pi)
+    name = ID2LABEL[class_id]
+    extra: tuple[float, ...] = ()
+    if name == "rectangle":
+        extra = (float(rng.uniform(0.4, 1.0)),)
+    elif name == "ellipse":
+        extra = (float(rng.uniform(0.35, 0.7)),)
+    elif name == "triangle":
+        extra = tuple(float(v) for v in rng.uniform(-0.3, 0.3, 3))
+    return ShapeParams(class_id, float(cy), float(cx), float(size), float(angle), extra)
+
+
+def _draw_shape(shape: ShapeParams, height: int, width: int) -> np.ndarray:
+    """Boolean (height, width) mask of a shape (it may lie partly or wholly outside the frame)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx, size, angle = shape.cy, shape.cx, shape.size, shape.angle
     cos, sin = np.cos(angle), np.sin(angle)
     u = (xs - cx) * cos + (ys - cy) * sin  # shape-aligned coordinates
     v = -(xs - cx) * sin + (ys - cy) * cos
-    name = ID2LABEL[class_id]
+    name = ID2LABEL[shape.class_id]
     if name == "circle":
         return (xs - cx) ** 2 + (ys - cy) ** 2 <= size**2
     if name == "rectangle":
-        return (np.abs(u) <= size) & (np.abs(v) <= size * rng.uniform(0.4, 1.0))
+        return (np.abs(u) <= size) & (np.abs(v) <= size * shape.extra[0])
     if name == "ellipse":
-        return (u / size) ** 2 + (v / (size * rng.uniform(0.35, 0.7))) ** 2 <= 1.0
+        return (u / size) ** 2 + (v / (size * shape.extra[0])) ** 2 <= 1.0
     # triangle: three vertices at spread-out angles around the centre
-    angles = angle + np.array([0.0, 2.0, 4.0]) * np.pi / 3 + rng.uniform(-0.3, 0.3, 3)
+    angles = angle + np.array([0.0, 2.0, 4.0]) * np.pi / 3 + np.array(shape.extra)
     px, py = cx + size * 1.3 * np.cos(angles), cy + size * 1.3 * np.sin(angles)
     inside = np.ones((height, width), dtype=bool)
     orientation = np.sign((px[1] - px[0]) * (py[2] - py[0]) - (py[1] - py[0]) * (px[2] - px[0]))
@@ -132,6 +163,11 @@ def _shape_mask(rng: np.random.Generator, class_id: int, height: int, width: int
         edge = (px[j] - px[i]) * (ys - py[i]) - (py[j] - py[i]) * (xs - px[i])
         inside &= edge * orientation >= 0
     return inside
+
+
+def _shape_mask(rng: np.random.Generator, class_id: int, height: int, width: int) -> np.ndarray:
+    """Boolean mask of one random shape of the given thing class."""
+    return _draw_shape(_shape_params(rng, class_id, height, width), height, width)
 
 
 def _unique_segment_ids(rng: np.random.Generator, count: int) -> list[int]:
