@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--synthetic", type=int, help="N held-out synthetic images")
     p.add_argument("--synthetic_seed", type=int, default=1, help="1: the training script's held-out split")
     p.add_argument("--synthetic_size", type=int, default=128)
+    p.add_argument(
+        "--synthetic_palette",
+        choices=("random", "by_class"),
+        help="shape colours (default: the model's training_args.json value, else random)",
+    )
     p.add_argument("--task", choices=TASKS, help="default: the model's configured task")
     p.add_argument("--batch_size", type=int, default=1, help="images per forward (1: no padding effects)")
     p.add_argument("--compare_untrained", action="store_true", help="also evaluate random weights (seed 0)")
@@ -63,8 +68,15 @@ def _samples(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
         mapping = {int(c["id"]): i for i, c in enumerate(categories)}
         return [normalize_sample(s, mapping) for s in raw], f"{len(raw)} images of {args.dataset}"
     size = (args.synthetic_size, args.synthetic_size)
-    raw = make_synthetic_dataset(args.synthetic, size=size, seed=args.synthetic_seed)
-    described = f"{len(raw)} held-out synthetic images ({size[0]} px, seed {args.synthetic_seed})"
+    palette = args.synthetic_palette
+    if palette is None:
+        trained = Path(args.model) / "training_args.json"
+        palette = json.loads(trained.read_text()).get("synthetic_palette") if trained.is_file() else None
+    palette = palette or "random"
+    raw = make_synthetic_dataset(args.synthetic, size=size, seed=args.synthetic_seed, palette=palette)
+    described = (
+        f"{len(raw)} held-out synthetic images ({size[0]} px, seed {args.synthetic_seed}, palette {palette})"
+    )
     return [normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS) for s in raw], described
 
 

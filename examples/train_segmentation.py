@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataset", help="Hub dataset name, COCO-panoptic folder or save_to_disk folder")
     data.add_argument("--synthetic", type=int, default=0, help="generate N synthetic training images")
     data.add_argument("--synthetic_size", type=int, default=128, help="side of the synthetic images")
+    data.add_argument(
+        "--synthetic_palette",
+        choices=("random", "by_class"),
+        default="random",
+        help="shape colours of the synthetic images (see m2f_hf.training_synthetic)",
+    )
     data.add_argument("--eval_dataset", help="separate evaluation data (same kinds as --dataset)")
     data.add_argument(
         "--eval_samples",
@@ -315,8 +321,11 @@ def load_data(
     if args.synthetic > 0:
         labels = LabelInfo.from_categories(SYNTHETIC_CATEGORIES, "m2f_hf synthetic shapes")
         size = (args.synthetic_size, args.synthetic_size)
-        train = make_synthetic_dataset(args.synthetic, size=size, seed=args.data_seed)
-        held_out = make_synthetic_dataset(args.eval_samples, size=size, seed=args.data_seed + 1)
+        palette = args.synthetic_palette
+        train = make_synthetic_dataset(args.synthetic, size=size, seed=args.data_seed, palette=palette)
+        held_out = make_synthetic_dataset(
+            args.eval_samples, size=size, seed=args.data_seed + 1, palette=palette
+        )
         return SampleSource(train, labels), SampleSource(held_out, labels)
 
     def from_path(path: str, split: str) -> SampleSource:
@@ -703,6 +712,7 @@ def calibrate_thresholds(
             synthetic=args.calibration_samples,
             seed=args.data_seed + 2,
             size=args.synthetic_size,
+            palette=args.synthetic_palette,
         )
         source = f"{len(samples)} synthetic images (seed {args.data_seed + 2})"
     else:

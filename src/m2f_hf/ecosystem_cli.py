@@ -314,7 +314,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             f"--write needs a local model folder with a preprocessor_config.json, got {args.model}"
         )
     samples, mapping = validation_samples(
-        args.dataset, args.synthetic, args.synthetic_seed, args.synthetic_size, args.max_images
+        args.dataset,
+        args.synthetic,
+        args.synthetic_seed,
+        args.synthetic_size,
+        args.max_images,
+        palette=args.synthetic_palette,
     )
     model, processor = load_model(args.model, args.device, None)
     results = calibrate(
@@ -355,6 +360,7 @@ def _add_calibrate_parser(commands: Any) -> None:
     data.add_argument("--synthetic", type=int, default=0, help="use N generated synthetic images")
     p.add_argument("--synthetic-seed", type=int, default=2, help="seed of the synthetic images (2)")
     p.add_argument("--synthetic-size", type=int, default=128)
+    p.add_argument("--synthetic-palette", choices=("random", "by_class"), default="random")
     p.add_argument("--max-images", type=int, help="use only the first N validation images")
     p.add_argument("--task", nargs="+", choices=CALIBRATION_TASKS, default=list(CALIBRATION_TASKS))
     p.add_argument("--object-mask-thresholds", type=float, nargs="+", help="panoptic score thresholds")

@@ -17,10 +17,11 @@ from typing import Any
 
 import PIL.Image
 
-__all__ = ["DEMO_INDEX", "DEMO_SEED", "DEMO_SIZE", "DEMO_TASKS", "demo_scene", "run_demo"]
+__all__ = ["DEMO_INDEX", "DEMO_PALETTE", "DEMO_SEED", "DEMO_SIZE", "DEMO_TASKS", "demo_scene", "run_demo"]
 
 DEMO_SEED, DEMO_INDEX = 3, 6  # the first seed-3 scene with every stuff class and every shape, all >= 250 px
 DEMO_SIZE = 512
+DEMO_PALETTE = "by_class"  # the shape colours the demo model was trained on
 DEMO_TASKS = ("panoptic", "instance", "semantic")
 
 
@@ -31,7 +32,7 @@ def demo_scene(size: int = DEMO_SIZE) -> PIL.Image.Image:
 
     if size < 128:
         raise ValueError(f"size must be >= 128, got {size}")
-    sample = make_synthetic_sample(DEMO_SEED, DEMO_INDEX, size=(128, 128))
+    sample = make_synthetic_sample(DEMO_SEED, DEMO_INDEX, size=(128, 128), palette=DEMO_PALETTE)
     return PIL.Image.fromarray(sample["image"]).resize((size, size), PIL.Image.Resampling.LANCZOS)
 
 

@@ -413,11 +413,13 @@ def validation_samples(
     seed: int = 2,
     size: int = 128,
     limit: int | None = None,
+    palette: str = "random",
 ) -> tuple[list[dict[str, Any]], dict[int, int]]:
     """Validation images with panoptic ground truth and their category id → label id map: a COCO-panoptic
     folder (`training_synthetic.write_coco_panoptic` layout; label ids follow the order of its
     categories, as the training script assigns them) or `synthetic` generated images (seed 2 by default:
-    the training script trains on seed 0 and reports its held-out metrics on seed 1)."""
+    the training script trains on seed 0 and reports its held-out metrics on seed 1; `palette` as in
+    `training_synthetic.make_synthetic_sample`)."""
     from .training_synthetic import CATEGORY_ID_TO_CONTIGUOUS, load_coco_panoptic, make_synthetic_dataset
 
     if (dataset is None) == (synthetic <= 0):
@@ -426,7 +428,7 @@ def validation_samples(
         samples, categories = load_coco_panoptic(dataset)
         mapping = {int(c["id"]): i for i, c in enumerate(categories)}
     else:
-        samples = make_synthetic_dataset(synthetic, size=(size, size), seed=seed)
+        samples = make_synthetic_dataset(synthetic, size=(size, size), seed=seed, palette=palette)
         mapping = dict(CATEGORY_ID_TO_CONTIGUOUS)
     if limit is not None:
         samples = samples[:limit]
