@@ -51,12 +51,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", choices=TASKS, help="default: the model's configured task")
     p.add_argument("--batch_size", type=int, default=1, help="images per forward (1: no padding effects)")
     p.add_argument("--compare_untrained", action="store_true", help="also evaluate random weights (seed 0)")
+    p.add_argument(
+        "--cross_palette",
+        action="store_true",
+        help="synthetic data: also evaluate on the same scenes with the other palette (how much the model "
+        "relies on the shape colours)",
+    )
     p.add_argument("--model_card", action="store_true", help="rewrite README.md from the results")
     p.add_argument("--output", help="metrics JSON (default: MODEL/eval_results.json)")
     return p.parse_args(argv)
 
 
-def _samples(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+def _palette(args: argparse.Namespace) -> str:
+    if args.synthetic_palette:
+        return args.synthetic_palette
+    trained = Path(args.model) / "training_args.json"
+    palette = json.loads(trained.read_text()).get("synthetic_palette") if trained.is_file() else None
+    return palette or "random"
+
+
+def _samples(args: argparse.Namespace, palette: str | None = None) -> tuple[list[dict[str, Any]], str]:
     from m2f_hf.training_synthetic import (
         CATEGORY_ID_TO_CONTIGUOUS,
         load_coco_panoptic,
@@ -68,11 +82,7 @@ def _samples(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
         mapping = {int(c["id"]): i for i, c in enumerate(categories)}
         return [normalize_sample(s, mapping) for s in raw], f"{len(raw)} images of {args.dataset}"
     size = (args.synthetic_size, args.synthetic_size)
-    palette = args.synthetic_palette
-    if palette is None:
-        trained = Path(args.model) / "training_args.json"
-        palette = json.loads(trained.read_text()).get("synthetic_palette") if trained.is_file() else None
-    palette = palette or "random"
+    palette = palette or _palette(args)
     raw = make_synthetic_dataset(args.synthetic, size=size, seed=args.synthetic_seed, palette=palette)
     described = (
         f"{len(raw)} held-out synthetic images ({size[0]} px, seed {args.synthetic_seed}, palette {palette})"
@@ -150,6 +160,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if per_class is not None:
         names = model.config.id2label
         report["per_class_pq"] = {names[i]: v for i, v in per_class.items()}
+    if args.cross_palette and args.synthetic:
+        other = "random" if _palette(args) == "by_class" else "by_class"
+        other_samples, _ = _samples(args, other)
+        other_loader = torch.utils.data.DataLoader(
+            other_samples, batch_size=args.batch_size, collate_fn=SegmentationEvalCollator(processor)
+        )
+        report["cross_palette"] = {
+            "palette": other,
+            "metrics": evaluate(model, processor, other_loader, task),
+        }
     if args.compare_untrained:
         torch.manual_seed(0)
         untrained = Mask2FormerForUniversalSegmentation(model.config).eval()
@@ -159,6 +179,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if key in metrics:
             extra = f"   (untrained {report['untrained'][key]:.2f})" if "untrained" in report else ""
             print(f"  {key:<6} {metrics[key]:7.2f}{extra}")
+    if "cross_palette" in report:
+        cross = report["cross_palette"]
+        shown = ", ".join(
+            f"{k} {cross['metrics'][k]:.2f}" for k in ("PQ", "PQ_th", "PQ_st", "AP") if k in cross["metrics"]
+        )
+        print(f"  same scenes, palette {cross['palette']}: {shown}")
     output = Path(args.output) if args.output else folder / "eval_results.json"
     output.write_text(json.dumps(metrics, indent=1) + "\n")
     (folder / "eval_report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -232,6 +258,25 @@ def write_card(
         "",
         recognition_section(model, metrics, per_class),
     ]
+    palette = training_args.get("synthetic_palette") if training_args.get("synthetic") else None
+    if palette == "by_class":
+        sections += [
+            "",
+            "It was trained on the package's synthetic shapes with `--synthetic_palette by_class`: each "
+            "shape class has its own hue band (circle yellow, rectangle magenta, triangle cyan, ellipse "
+            "violet; `m2f_hf.training_synthetic.THING_HUES`), so colour is a cue for the things as texture "
+            "is for the stuff classes.",
+        ]
+    if "cross_palette" in report:
+        cross = report["cross_palette"]
+        shown = ", ".join(
+            f"{k} {cross['metrics'][k]:.2f}" for k in ("PQ", "PQ_th", "PQ_st", "AP") if k in cross["metrics"]
+        )
+        sections += [
+            "",
+            f"On the same held-out scenes drawn with the `{cross['palette']}` palette it scores {shown}: "
+            "this shows how much it relies on the shape colours rather than the outlines.",
+        ]
     if "untrained" in report:
         rows = ["| metric | this model | same config, random init |", "|---|---|---|"]
         for key in ("PQ", "PQ_th", "PQ_st", "mIoU", "pACC", "AP"):

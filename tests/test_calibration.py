@@ -198,7 +198,7 @@ def test_bad_grids_and_data():
 def test_cli_calibrate_writes_a_loadable_config(tmp_path, capsys):
     folder = tmp_path / "model"
     shutil.copytree(DEMO, folder)
-    code = cli.main(
+    code = cli.main(  # fmt: skip
         [
             "calibrate",
             "--model",
@@ -269,3 +269,63 @@ def test_training_script_calibrates(tmp_path):
     assert processor.object_mask_threshold == saved["panoptic"]["best"]["object_mask_threshold"]
     assert processor.instance_score_threshold == saved["instance"]["best"]["score_threshold"]
     assert saved["panoptic"]["best"]["PQ"] >= saved["panoptic"]["current"]["PQ"]
+
+
+def test_evaluation_script_writes_the_card_from_its_numbers(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import evaluate_segmentation
+        import train_segmentation
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "run"
+    train_segmentation.main(
+        [
+            "--task", "panoptic", "--synthetic", "4", "--synthetic_size", "64", "--synthetic_palette",
+            "by_class", "--no_eval", "--config", "tiny", "--image_size", "64", "--per_device_batch_size", "2",
+            "--max_steps", "1", "--output_dir", str(out),
+        ]
+    )  # fmt: skip
+    report = evaluate_segmentation.main(
+        [
+            "--model",
+            str(out),
+            "--synthetic",
+            "3",
+            "--synthetic_size",
+            "64",
+            "--model_card",
+            "--compare_untrained",
+            "--cross_palette",
+        ]
+    )
+    assert "palette by_class" in report["data"]  # read from training_args.json
+    assert report["cross_palette"]["palette"] == "random" and "PQ" in report["cross_palette"]["metrics"]
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert metrics == json.loads(json.dumps(report["metrics"]))
+    # the same numbers as the training code's evaluation of those images
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(out)
+    processor = M2fHfImageProcessor.from_pretrained(out)
+    samples = [
+        normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
+        for s in make_synthetic_dataset(3, size=(64, 64), seed=1, palette="by_class")
+    ]
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=1, collate_fn=SegmentationEvalCollator(processor)
+    )
+    again = evaluate(model, processor, loader, "panoptic")
+    assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-9)
+    card = (out / "README.md").read_text()
+    assert f"value: {metrics['mIoU']:.2f}" in card
+    assert "## What it recognises" in card and "| circle | thing |" in card and "| sky | stuff |" in card
+    assert "## Compared with an untrained model" in card
+    assert "--synthetic_palette by_class" in card and "`random` palette it scores" in card
+    assert report["per_class_pq"].keys() == {
+        "circle",
+        "rectangle",
+        "triangle",
+        "ellipse",
+        "sky",
+        "grass",
+        "wall",
+    }

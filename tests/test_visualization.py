@@ -89,11 +89,16 @@ def test_bad_inputs():
 def test_class_colors_follow_the_class_not_the_order():
     import colorsys
 
-    from m2f_hf.ecosystem_visualization import class_colors, class_shade
+    from m2f_hf.ecosystem_visualization import class_colors, class_palette, class_shade
 
     labels = [4, 0, 0, 2, 0]
     colors = class_colors(labels, num_labels=7)
-    palette = distinct_colors(7)
+    palette = class_palette(7)
+    # few classes: evenly spaced hues, all at least a seventh of the circle apart
+    hues = sorted(colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for rgb in palette)
+    gaps = np.diff(hues + [hues[0] + 1])
+    assert len(set(palette)) == 7 and gaps.min() > 1 / 7 - 0.01
+    assert class_palette(30) == distinct_colors(30)
     assert colors[0] == palette[4] and colors[1] == palette[0] and colors[3] == palette[2]
     # further segments of a class: other shades of the same hue (one colour family), all different
     hues = [colorsys.rgb_to_hls(*(c / 255 for c in colors[i]))[0] for i in (1, 2, 4)]

@@ -8,6 +8,7 @@ the higher-scoring detection), so one renderer serves all three tasks.
 from __future__ import annotations
 
 import colorsys
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ import PIL.ImageFont
 __all__ = [
     "add_legend",
     "class_colors",
+    "class_palette",
     "class_shade",
     "default_font",
     "distinct_colors",
@@ -66,14 +68,31 @@ def class_shade(color: tuple[int, int, int], index: int) -> tuple[int, int, int]
     return tuple(int(round(255 * c)) for c in colorsys.hls_to_rgb(hue, lightness, saturation))  # type: ignore
 
 
+def class_palette(count: int) -> list[tuple[int, int, int]]:
+    """Base colour of each of `count` classes. Up to 12 classes: hues evenly spaced around the circle,
+    handed out with a stride of about 0.38 of a turn so classes with neighbouring ids get far-apart hues;
+    more classes: `distinct_colors` (which also varies saturation and brightness)."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if count > 12:
+        return distinct_colors(count)
+    stride = max(1, round(count * 0.382))
+    while math.gcd(stride, count) != 1:
+        stride += 1
+    return [
+        tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb((k * stride % count) / count, 0.9, 0.95))
+        for k in range(count)
+    ]  # type: ignore[misc]
+
+
 def class_colors(label_ids: Sequence[int], num_labels: int = 0) -> list[tuple[int, int, int]]:
-    """One colour per segment, taken from its class: class k has the base colour `distinct_colors(n)[k]`
+    """One colour per segment, taken from its class: class k has the base colour `class_palette(n)[k]`
     (n = max(num_labels, largest id + 1), so a model's classes keep their colours across images and tasks);
     the first segment of a class gets it, later ones its shades (`class_shade`)."""
     ids = [int(i) for i in label_ids]
     if any(i < 0 for i in ids):
         raise ValueError(f"label ids must be >= 0, got {ids}")
-    palette = distinct_colors(max([num_labels, *(i + 1 for i in ids)]))
+    palette = class_palette(max([num_labels, *(i + 1 for i in ids)]))
     seen: dict[int, int] = {}
     colors = []
     for label in ids:
