@@ -69,7 +69,7 @@ def test_multiscale_flip_tta_improves_semantic_miou(demo, heldout):
             assert pred.shape == sample["semantic_map"].shape
             evaluator.update(pred, sample["semantic_map"])
         metrics[name] = evaluator.compute()
-    # measured: mIoU 45.96 -> 46.96, pixel accuracy 84.97 -> 85.47
+    # measured: mIoU 96.92 -> 97.50, pixel accuracy 99.28 -> 99.46
     assert metrics["tta"]["mIoU"] >= metrics["single"]["mIoU"]
     assert metrics["tta"]["pACC"] >= metrics["single"]["pACC"]
 
