@@ -738,8 +738,8 @@ FINAL_FILES = (
     "README.md",
     "eval_results.json",
     "training_args.json",
-    "calibration.json",
 )
+OPTIONAL_FILES = ("calibration.json",)  # written by --calibrate
 
 
 def save_final(
@@ -794,7 +794,7 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> None:
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
-        allow_patterns=list(FINAL_FILES),
+        allow_patterns=list(FINAL_FILES + OPTIONAL_FILES),
         commit_message="Upload m2f_hf Mask2Former",
     )
 
