@@ -88,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataset", help="Hub dataset name, COCO-panoptic folder or save_to_disk folder")
     data.add_argument("--synthetic", type=int, default=0, help="generate N synthetic training images")
     data.add_argument("--synthetic_size", type=int, default=128, help="side of the synthetic images")
+    data.add_argument(
+        "--synthetic_palette",
+        choices=("random", "by_class"),
+        default="random",
+        help="shape colours of the synthetic images (see m2f_hf.training_synthetic)",
+    )
     data.add_argument("--eval_dataset", help="separate evaluation data (same kinds as --dataset)")
     data.add_argument(
         "--eval_samples",
@@ -172,6 +178,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--resume_from_checkpoint", help="checkpoint folder, or 'latest' in --output_dir")
     run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     run.add_argument("--no_eval", action="store_true")
+    run.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="after training, sweep the panoptic / instance post-processing thresholds on a validation set "
+        "and store the best in the saved preprocessor_config.json (see m2f_hf.training_calibration)",
+    )
+    run.add_argument(
+        "--calibration_dataset",
+        help="validation folder (COCO-panoptic layout) for --calibrate; default: with --synthetic, "
+        "--calibration_samples new images (seed data_seed + 2), else the evaluation data",
+    )
+    run.add_argument("--calibration_samples", type=int, default=64)
     run.add_argument("--logging_steps", type=int, default=1)
     run.add_argument("--report_to", default=None, help="accelerate trackers (tensorboard, wandb, ...)")
     run.add_argument("--push_to_hub", metavar="REPO", help="upload the final folder to this Hub repo")
@@ -301,8 +319,11 @@ def load_data(
     if args.synthetic > 0:
         labels = LabelInfo.from_categories(SYNTHETIC_CATEGORIES, "m2f_hf synthetic shapes")
         size = (args.synthetic_size, args.synthetic_size)
-        train = make_synthetic_dataset(args.synthetic, size=size, seed=args.data_seed)
-        held_out = make_synthetic_dataset(args.eval_samples, size=size, seed=args.data_seed + 1)
+        palette = args.synthetic_palette
+        train = make_synthetic_dataset(args.synthetic, size=size, seed=args.data_seed, palette=palette)
+        held_out = make_synthetic_dataset(
+            args.eval_samples, size=size, seed=args.data_seed + 1, palette=palette
+        )
         return SampleSource(train, labels), SampleSource(held_out, labels)
 
     def from_path(path: str, split: str) -> SampleSource:
@@ -654,10 +675,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save_final(
             accelerator.unwrap_model(model), processor, args, metrics, train_source, eval_source, output_dir
         )
+        if args.calibrate:
+            calibration = calibrate_thresholds(accelerator.unwrap_model(model), processor, args, eval_source)
         if args.push_to_hub:
             push_folder(output_dir, args.push_to_hub, args.hub_private)
     accelerator.end_training()
-    return {"step": state.step, "metrics": metrics, "eval_history": eval_history}
+    result = {"step": state.step, "metrics": metrics, "eval_history": eval_history}
+    if args.calibrate and accelerator.is_main_process:
+        result["calibration"] = calibration
+    return result
+
+
+def calibrate_thresholds(
+    model: Mask2FormerForUniversalSegmentation,
+    processor: M2fHfImageProcessor,
+    args: argparse.Namespace,
+    eval_source: SampleSource,
+) -> dict[str, Any]:
+    """--calibrate: sweep the thresholds of the trained model, print the tables, store the best setting in
+    the output folder's preprocessor_config.json and every row in calibration.json. The model card's
+    metrics stay those of the thresholds used during evaluation (the original ones by default)."""
+    from m2f_hf.training_calibration import calibrate, validation_samples, write_thresholds
+
+    tasks = [t for t in ("panoptic", "instance") if t == args.task or args.task == "panoptic"]
+    if not tasks:
+        print("--calibrate: semantic segmentation has no thresholds to calibrate")
+        return {}
+    if args.calibration_dataset:
+        samples, mapping = validation_samples(args.calibration_dataset, limit=args.calibration_samples)
+        source = args.calibration_dataset
+    elif args.synthetic > 0:
+        samples, mapping = validation_samples(
+            synthetic=args.calibration_samples,
+            seed=args.data_seed + 2,
+            size=args.synthetic_size,
+            palette=args.synthetic_palette,
+        )
+        source = f"{len(samples)} synthetic images (seed {args.data_seed + 2})"
+    else:
+        samples = [eval_source[i] for i in range(min(len(eval_source), args.calibration_samples))]
+        mapping = None
+        source = "the evaluation data (pass --calibration_dataset for a separate validation set)"
+    results = calibrate(model, processor, samples, tasks=tasks, category_id_to_contiguous=mapping)
+    print(f"threshold calibration on {source}:")
+    for result in results.values():
+        print(result.table())
+        print(result.summary())
+    output_dir = Path(args.output_dir)
+    write_thresholds(output_dir, results)
+    payload = {task: result.to_dict() for task, result in results.items()}
+    (output_dir / "calibration.json").write_text(json.dumps(payload, indent=1) + "\n")
+    return payload
 
 
 FINAL_FILES = (
@@ -668,6 +736,7 @@ FINAL_FILES = (
     "eval_results.json",
     "training_args.json",
 )
+OPTIONAL_FILES = ("calibration.json",)  # written by --calibrate
 
 
 def save_final(
@@ -722,7 +791,7 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> None:
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
-        allow_patterns=list(FINAL_FILES),
+        allow_patterns=list(FINAL_FILES + OPTIONAL_FILES),
         commit_message="Upload m2f_hf Mask2Former",
     )
 

@@ -110,7 +110,8 @@ def test_unknown_mode_and_fp32():
 
 @pytest.mark.parametrize("mode", ["bf16", "int8"])
 def test_fast_mode_keeps_the_demo_models_panoptic_quality(mode):
-    from m2f_hf.training_recipe import SegmentationEvalCollator, evaluate, normalize_sample
+    from m2f_hf.training_data import SegmentationEvalCollator, normalize_sample
+    from m2f_hf.training_evaluation import evaluate
     from m2f_hf.training_synthetic import CATEGORY_ID_TO_CONTIGUOUS, make_synthetic_dataset
 
     model, processor = _demo()

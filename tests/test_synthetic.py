@@ -163,3 +163,26 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="num_images"):
         make_synthetic_dataset(-1)
     assert make_synthetic_dataset(0) == []
+
+
+def test_by_class_palette_colours_shapes_by_class_and_keeps_the_layout():
+    import colorsys
+
+    from m2f_hf.training_synthetic import ID2LABEL, THING_HUES
+
+    for index in range(4):
+        plain = make_synthetic_sample(7, index)
+        coloured = make_synthetic_sample(7, index, palette="by_class")
+        # same scene, labels and ids: only the shape colours differ
+        assert np.array_equal(plain["panoptic_map"], coloured["panoptic_map"])
+        assert plain["segments_info"] == coloured["segments_info"]
+        for instance_id, class_id in coloured["instance_id_to_semantic_id"].items():
+            pixels = coloured["image"][coloured["instance_map"] == instance_id].astype(float) / 255
+            hue = colorsys.rgb_to_hsv(*np.median(pixels, axis=0))[0] * 360
+            distance = min(
+                abs(hue - THING_HUES[ID2LABEL[class_id]]) % 360,
+                360 - abs(hue - THING_HUES[ID2LABEL[class_id]]) % 360,
+            )
+            assert distance < 25, (index, instance_id, hue)
+    with pytest.raises(ValueError, match="palette"):
+        make_synthetic_sample(palette="pastel")

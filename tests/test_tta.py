@@ -27,7 +27,8 @@ def demo():
 
 @pytest.fixture(scope="module")
 def heldout():
-    return make_synthetic_dataset(6, seed=1)  # the demo model was trained on seed 0
+    # the demo model was trained on seed 0 with the by_class palette
+    return make_synthetic_dataset(6, seed=1, palette="by_class")
 
 
 def _plain(model, processor, image, task):
@@ -68,7 +69,7 @@ def test_multiscale_flip_tta_improves_semantic_miou(demo, heldout):
             assert pred.shape == sample["semantic_map"].shape
             evaluator.update(pred, sample["semantic_map"])
         metrics[name] = evaluator.compute()
-    # measured: mIoU 45.96 -> 46.96, pixel accuracy 84.97 -> 85.47
+    # measured: mIoU 96.92 -> 97.50, pixel accuracy 99.28 -> 99.46
     assert metrics["tta"]["mIoU"] >= metrics["single"]["mIoU"]
     assert metrics["tta"]["pACC"] >= metrics["single"]["pACC"]
 

@@ -84,3 +84,44 @@ def test_bad_inputs():
         render_overlay(image, segmentation, [1, 2], colors=[(0, 0, 0)])
     with pytest.raises(ValueError, match="RGB uint8"):
         render_overlay(image.astype(np.float32), segmentation, [1])
+
+
+def test_class_colors_follow_the_class_not_the_order():
+    import colorsys
+
+    from m2f_hf.ecosystem_visualization import class_colors, class_palette, class_shade
+
+    labels = [4, 0, 0, 2, 0]
+    colors = class_colors(labels, num_labels=7)
+    palette = class_palette(7)
+    # few classes: evenly spaced hues, all at least a seventh of the circle apart
+    hues = sorted(colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for rgb in palette)
+    gaps = np.diff(hues + [hues[0] + 1])
+    assert len(set(palette)) == 7 and gaps.min() > 1 / 7 - 0.01
+    assert class_palette(30) == distinct_colors(30)
+    assert colors[0] == palette[4] and colors[1] == palette[0] and colors[3] == palette[2]
+    # further segments of a class: other shades of the same hue (one colour family), all different
+    hues = [colorsys.rgb_to_hls(*(c / 255 for c in colors[i]))[0] for i in (1, 2, 4)]
+    assert max(hues) - min(hues) < 0.02 and len({colors[1], colors[2], colors[4]}) == 3
+    # a class keeps its colour whatever else is in the image (consistent across images and tasks)
+    assert class_colors([2], num_labels=7) == [palette[2]]
+    assert class_colors([0, 2], num_labels=7)[1] == colors[3]
+    assert class_shade((10, 20, 30), 0) == (10, 20, 30)
+    with pytest.raises(ValueError):
+        class_colors([-1])
+
+
+def test_legend_panel():
+    from m2f_hf.ecosystem_visualization import add_legend
+
+    image = Image.new("RGB", (64, 40), (0, 0, 0))
+    entries = [("circle x2", (255, 0, 0)), ("sky", (0, 0, 255))]
+    out = add_legend(image, entries, title="panoptic", font_size=12)
+    assert out.height >= image.height
+    assert out.width > image.width
+    pixels = np.asarray(out)
+    assert (pixels[:40, :64] == 0).all()  # the image is untouched
+    panel = pixels[:, 64:]
+    for _, color in entries:  # each swatch is drawn in its colour
+        assert (panel == color).all(axis=2).sum() > 20
+    assert (panel == 255).all(axis=2).any()  # text

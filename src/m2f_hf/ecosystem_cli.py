@@ -1,11 +1,13 @@
-"""`m2f-hf` command line: predict (overlays + JSON), convert (original / transformers checkpoints), demo.
+"""`m2f-hf` command line: predict (overlays + JSON), convert (original / transformers checkpoints), demo,
+calibrate (post-processing thresholds).
 
     m2f-hf predict IMAGE_OR_FOLDER... --model DIR_OR_REPO [--task panoptic|instance|semantic] --output out/
     m2f-hf convert original --checkpoint model_final.pkl --config cfg.yaml --output DIR
     m2f-hf convert transformers --model facebook/mask2former-... --output DIR
     m2f-hf demo --output DIR
+    m2f-hf calibrate --model DIR (--dataset COCO_PANOPTIC_DIR | --synthetic N) [--write]
 
-`predict` writes, per image, `<name>_<task>.png` (the overlay: one colour per segment, label text,
+`predict` writes, per image, `<name>_<task>.png` (the overlay: colours by class, label text,
 optional contours) and `<name>_<task>.json` (input folders are mirrored): image size, task, model, the
 overlay's path relative to the output folder and one record per segment (id, label_id, label, score,
 area, bbox [x, y, w, h], colour, COCO RLE of its mask). The ids of the
@@ -32,9 +34,6 @@ __all__ = ["IMAGE_SUFFIXES", "main", "predict", "build_parser"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL = ASSETS / "demo_model"
-# the demo image: a held-out image of the synthetic data the demo model was trained on (the model knows only
-# those shapes and backgrounds), else the bundled photo
-DEMO_IMAGES = (ASSETS / "synthetic_heldout_0.png", ASSETS / "demo_photo.png")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # the original demo (demo/demo.py --confidence-threshold) draws instances scoring at least 0.5
 INSTANCE_DISPLAY_THRESHOLD = 0.5
@@ -133,6 +132,22 @@ def segments_of(
     return segmentation, records, masks
 
 
+def legend_entries(
+    records: Sequence[dict[str, Any]], colors: Sequence[tuple[int, int, int]]
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """(caption, colour) per class present, in label-id order: the class name, with the number of its
+    segments when there are several, and its base colour (its first segment's)."""
+    first: dict[int, tuple[str, tuple[int, int, int]]] = {}
+    counts: dict[int, int] = {}
+    for record, color in zip(records, colors, strict=True):
+        first.setdefault(record["label_id"], (record["label"], tuple(color)))
+        counts[record["label_id"]] = counts.get(record["label_id"], 0) + 1
+    return [
+        (name if counts[label] == 1 else f"{name} x{counts[label]}", color)
+        for label, (name, color) in sorted(first.items())
+    ]
+
+
 def _caption(record: dict[str, Any]) -> str:
     return record["label"] if record["score"] is None else f"{record['label']} {record['score']:.2f}"
 
@@ -153,6 +168,7 @@ def predict(
     draw_labels: bool = True,
     progress: bool = True,
     cpu_mode: str | None = None,
+    legend: bool = False,
 ) -> list[Path]:
     """Segment every image of `inputs` (files or folders) and write overlays and JSON into `output`.
 
@@ -160,12 +176,14 @@ def predict(
     and docs/performance.md for its measured speed and accuracy cost).
 
     threshold: panoptic query score threshold (default: the processor's, the original's 0.8) or the
-    instance score filter (default 0.5, as the original demo draws; 0 keeps the full top-k).
+    instance score filter (default: the processor's calibrated `instance_score_threshold`, else 0.5 as
+    the original demo draws; 0 keeps the full top-k). Segments are coloured by class (`class_colors`:
+    one colour family per class, the same in every task); `legend` adds a panel naming the classes.
     Returns the JSON paths written.
     """
     from tqdm.auto import tqdm
 
-    from .ecosystem_visualization import distinct_colors, render_overlay
+    from .ecosystem_visualization import add_legend, class_colors, render_overlay
     from .pipeline_m2f import SUBTASKS, default_subtask, post_process
     from .processing_postprocess import rle_encode
 
@@ -182,8 +200,9 @@ def predict(
             raise CliError(f"--cpu-mode {cpu_mode} needs --device cpu and a float32 model")
         model = optimize_for_cpu(model, cpu_mode)
     task = task or default_subtask(model.config)
-    if task == "instance" and threshold is None:
-        threshold = INSTANCE_DISPLAY_THRESHOLD
+    if task == "instance" and threshold is None:  # a calibrated threshold, else what the original draws
+        calibrated = getattr(processor, "instance_score_threshold", None)
+        threshold = INSTANCE_DISPLAY_THRESHOLD if calibrated is None else calibrated
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written = []
@@ -208,7 +227,7 @@ def predict(
         )
         for (path, stem), picture, result in zip(chunk, pictures, results, strict=True):
             segmentation, records, masks = segments_of(result, task, model.config.id2label)
-            colors = distinct_colors(len(records))
+            colors = class_colors([r["label_id"] for r in records], len(model.config.id2label))
             rles = rle_encode(torch.from_numpy(np.stack(masks))) if masks else []
             for record, color, rle in zip(records, colors, rles, strict=True):
                 record["color"] = list(color)
@@ -223,6 +242,8 @@ def predict(
                 contours=contours,
                 draw_labels=draw_labels,
             )
+            if legend:
+                overlay = add_legend(overlay, legend_entries(records, colors), title=task)
             base = output / stem
             base.parent.mkdir(parents=True, exist_ok=True)
             overlay_path = base.with_name(f"{base.name}_{task}.png")
@@ -262,33 +283,99 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         draw_labels=not args.no_labels,
         progress=not args.quiet,
         cpu_mode=args.cpu_mode,
+        legend=args.legend,
     )
     print(f"wrote {len(written)} overlay(s) and JSON file(s) to {args.output}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .ecosystem_demo import DEMO_TASKS, run_demo
+
     if not (DEMO_MODEL / "config.json").is_file():
         raise CliError(
             f"the bundled demo model is missing ({DEMO_MODEL}); this installation ships no default model. "
             "Run `m2f-hf predict IMAGE --model DIR_OR_HUB_ID --output DIR` with a converted or trained model."
         )
-    image = next((p for p in DEMO_IMAGES if p.is_file()), None)
-    if image is None:
-        raise CliError(f"no bundled demo image found (looked for {', '.join(str(p) for p in DEMO_IMAGES)})")
-    written = predict(
-        [str(image)],
-        str(DEMO_MODEL),
+    if args.image is not None and not Path(args.image).is_file():
+        raise CliError(f"input not found: {args.image}")
+    run_demo(
+        DEMO_MODEL,
         args.output,
-        task=args.task,
+        tasks=[args.task] if args.task else DEMO_TASKS,
+        image=args.image,
         device=args.device,
         contours=args.contours,
-        progress=False,
-    )
-    print(
-        f"segmented {image.name} with the bundled demo model: {written[0].with_suffix('.png')}, {written[0]}"
     )
     return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Sweep the post-processing thresholds on a validation set; print a table per task; --write stores
+    the best setting in the model folder's preprocessor_config.json (see training_calibration)."""
+    from .training_calibration import calibrate, validation_samples, write_thresholds
+
+    if args.write and not (Path(args.model) / "preprocessor_config.json").is_file():
+        raise CliError(
+            f"--write needs a local model folder with a preprocessor_config.json, got {args.model}"
+        )
+    samples, mapping = validation_samples(
+        args.dataset,
+        args.synthetic,
+        args.synthetic_seed,
+        args.synthetic_size,
+        args.max_images,
+        palette=args.synthetic_palette,
+    )
+    model, processor = load_model(args.model, args.device, None)
+    results = calibrate(
+        model,
+        processor,
+        samples,
+        tasks=args.task,
+        object_mask_thresholds=args.object_mask_thresholds,
+        overlap_thresholds=args.overlap_thresholds,
+        score_thresholds=args.score_thresholds,
+        category_id_to_contiguous=mapping,
+    )
+    for result in results.values():
+        print(f"\n{result.task} ({len(samples)} validation images; * best, = current)")
+        print(result.table())
+    print()
+    for result in results.values():
+        print(result.summary())
+    if args.output:
+        payload = {task: result.to_dict() for task, result in results.items()}
+        Path(args.output).write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {args.output}")
+    if args.write:
+        print(f"wrote the best thresholds into {write_thresholds(args.model, results)}")
+    return 0
+
+
+def _add_calibrate_parser(commands: Any) -> None:
+    from .training_calibration import CALIBRATION_TASKS
+
+    p = commands.add_parser(
+        "calibrate",
+        help="sweep the panoptic / instance thresholds on a validation set (see docs/training.md)",
+    )
+    p.add_argument("--model", required=True, help="m2f_hf model folder (or Hub id without --write)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--dataset", help="validation folder in COCO-panoptic layout")
+    data.add_argument("--synthetic", type=int, default=0, help="use N generated synthetic images")
+    p.add_argument("--synthetic-seed", type=int, default=2, help="seed of the synthetic images (2)")
+    p.add_argument("--synthetic-size", type=int, default=128)
+    p.add_argument("--synthetic-palette", choices=("random", "by_class"), default="random")
+    p.add_argument("--max-images", type=int, help="use only the first N validation images")
+    p.add_argument("--task", nargs="+", choices=CALIBRATION_TASKS, default=list(CALIBRATION_TASKS))
+    p.add_argument("--object-mask-thresholds", type=float, nargs="+", help="panoptic score thresholds")
+    p.add_argument("--overlap-thresholds", type=float, nargs="+", help="panoptic overlap thresholds")
+    p.add_argument("--score-thresholds", type=float, nargs="+", help="instance score thresholds")
+    p.add_argument("--write", action="store_true", help="store the best setting in preprocessor_config.json")
+    p.add_argument("--output", help="also write every row as JSON here")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_cmd_calibrate)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -365,15 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict_p.add_argument("--alpha", type=float, default=0.55, help="overlay colour weight in [0, 1]")
     predict_p.add_argument("--contours", action="store_true", help="draw segment borders")
     predict_p.add_argument("--no-labels", action="store_true", help="do not draw the label text")
+    predict_p.add_argument("--legend", action="store_true", help="add a legend panel (classes, colours)")
     predict_p.add_argument("--quiet", action="store_true", help="no progress bar")
     predict_p.set_defaults(run=_cmd_predict)
 
-    demo_p = commands.add_parser("demo", help="segment the bundled demo image with the bundled demo model")
-    demo_p.add_argument("--output", required=True, help="folder for the overlay and JSON")
-    demo_p.add_argument("--task", choices=SUBTASKS)
+    demo_p = commands.add_parser(
+        "demo",
+        help="the bundled demo model on a generated synthetic scene: panoptic, instance, semantic overlays",
+    )
+    demo_p.add_argument("--output", required=True, help="folder for the scene, overlays and JSON")
+    demo_p.add_argument("--task", choices=SUBTASKS, help="only this task (default: all three)")
+    demo_p.add_argument("--image", help="segment this image instead (the model knows only synthetic shapes)")
     demo_p.add_argument("--device", default="cpu")
     demo_p.add_argument("--contours", action="store_true")
     demo_p.set_defaults(run=_cmd_demo)
+
+    _add_calibrate_parser(commands)
 
     convert_p = commands.add_parser("convert", help="convert a checkpoint into an m2f_hf model folder")
     sources = convert_p.add_subparsers(dest="source", required=True)

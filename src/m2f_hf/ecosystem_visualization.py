@@ -8,6 +8,7 @@ the higher-scoring detection), so one renderer serves all three tasks.
 from __future__ import annotations
 
 import colorsys
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +16,17 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
-__all__ = ["distinct_colors", "label_anchor", "render_overlay", "segment_boundaries"]
+__all__ = [
+    "add_legend",
+    "class_colors",
+    "class_palette",
+    "class_shade",
+    "default_font",
+    "distinct_colors",
+    "label_anchor",
+    "render_overlay",
+    "segment_boundaries",
+]
 
 _GOLDEN = 0.618033988749895
 
@@ -38,6 +49,102 @@ def distinct_colors(count: int) -> list[tuple[int, int, int]]:
             seen.add(rgb)
             colors.append(rgb)  # type: ignore[arg-type]
     return colors
+
+
+# lightness offsets of the 2nd, 3rd, ... segment of one class: same hue, alternately lighter and darker
+_SHADE_STEPS = (0.16, -0.16, 0.28, -0.28, 0.08, -0.08, 0.22, -0.22)
+
+
+def class_shade(color: tuple[int, int, int], index: int) -> tuple[int, int, int]:
+    """The `index`-th shade of a class colour (0: the colour itself): same hue and saturation, another
+    lightness, so the segments of one class read as one colour family."""
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    if index == 0:
+        return tuple(int(c) for c in color)  # type: ignore[return-value]
+    hue, lightness, saturation = colorsys.rgb_to_hls(*(c / 255.0 for c in color))
+    step = _SHADE_STEPS[(index - 1) % len(_SHADE_STEPS)] * (1 + (index - 1) // len(_SHADE_STEPS))
+    lightness = min(0.85, max(0.18, lightness + step))
+    return tuple(int(round(255 * c)) for c in colorsys.hls_to_rgb(hue, lightness, saturation))  # type: ignore
+
+
+def class_palette(count: int) -> list[tuple[int, int, int]]:
+    """Base colour of each of `count` classes. Up to 12 classes: hues evenly spaced around the circle,
+    handed out with a stride of about 0.38 of a turn so classes with neighbouring ids get far-apart hues;
+    more classes: `distinct_colors` (which also varies saturation and brightness)."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if count > 12:
+        return distinct_colors(count)
+    stride = max(1, round(count * 0.382))
+    while math.gcd(stride, count) != 1:
+        stride += 1
+    return [
+        tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb((k * stride % count) / count, 0.9, 0.95))
+        for k in range(count)
+    ]  # type: ignore[misc]
+
+
+def class_colors(label_ids: Sequence[int], num_labels: int = 0) -> list[tuple[int, int, int]]:
+    """One colour per segment, taken from its class: class k has the base colour `class_palette(n)[k]`
+    (n = max(num_labels, largest id + 1), so a model's classes keep their colours across images and tasks);
+    the first segment of a class gets it, later ones its shades (`class_shade`)."""
+    ids = [int(i) for i in label_ids]
+    if any(i < 0 for i in ids):
+        raise ValueError(f"label ids must be >= 0, got {ids}")
+    palette = class_palette(max([num_labels, *(i + 1 for i in ids)]))
+    seen: dict[int, int] = {}
+    colors = []
+    for label in ids:
+        colors.append(class_shade(palette[label], seen.get(label, 0)))
+        seen[label] = seen.get(label, 0) + 1
+    return colors
+
+
+def default_font(size: int) -> PIL.ImageFont.ImageFont | PIL.ImageFont.FreeTypeFont:
+    """Pillow's bundled font at `size` pixels (its fixed bitmap font where FreeType is unavailable)."""
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
+        return PIL.ImageFont.load_default()
+
+
+def _auto_font_size(height: int, width: int) -> int:
+    return max(11, min(height, width) // 32)
+
+
+def add_legend(
+    image: PIL.Image.Image,
+    entries: Sequence[tuple[str, tuple[int, int, int]]],
+    title: str | None = None,
+    font_size: int | None = None,
+) -> PIL.Image.Image:
+    """`image` with a legend panel on its right: a colour swatch and a caption per entry (label, colour).
+
+    The panel is as tall as the image (taller if the entries need it) and as wide as the longest caption.
+    """
+    base = image.convert("RGB")
+    size = font_size or _auto_font_size(base.height, base.width)
+    font = default_font(size)
+    probe = PIL.ImageDraw.Draw(base)
+    lines = ([title] if title else []) + [caption for caption, _ in entries]
+    text_width = max((probe.textbbox((0, 0), line, font=font)[2] for line in lines), default=0)
+    pad, swatch, row = size // 2 + 2, size, int(size * 1.6)
+    width = pad * 3 + swatch + text_width
+    height = max(base.height, pad * 2 + row * len(lines))
+    out = PIL.Image.new("RGB", (base.width + width, height), (32, 32, 32))
+    out.paste(base, (0, 0))
+    draw = PIL.ImageDraw.Draw(out)
+    x, y = base.width + pad, pad
+    if title:
+        draw.text((x, y), title, fill=(255, 255, 255), font=font)
+        y += row
+    for caption, color in entries:
+        fill = tuple(int(c) for c in color)
+        draw.rectangle((x, y, x + swatch, y + swatch), fill=fill, outline=(255, 255, 255))
+        draw.text((x + swatch + pad, y), caption, fill=(255, 255, 255), font=font)
+        y += row
+    return out
 
 
 def segment_boundaries(segmentation: np.ndarray) -> np.ndarray:
@@ -73,11 +180,13 @@ def render_overlay(
     alpha: float = 0.55,
     contours: bool = False,
     draw_labels: bool = True,
+    font_size: int | None = None,
 ) -> PIL.Image.Image:
     """RGB overlay of `segmentation` on `image` (same size).
 
     segment_ids: the ids to draw (others are left uncoloured); colors: one per id (default
-    `distinct_colors`); captions: text per id, drawn with PIL's default font on a dark box at
+    `distinct_colors`; `class_colors` gives colours by class); captions: text per id, drawn with PIL's
+    default font (`font_size` pixels, default 1/32 of the shorter side, at least 11) on a dark box at
     `label_anchor`; alpha: colour weight (1 = opaque); contours: white segment borders.
     """
     base = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image)
@@ -105,7 +214,7 @@ def render_overlay(
     result = PIL.Image.fromarray(out)
     if draw_labels and captions is not None:
         draw = PIL.ImageDraw.Draw(result)
-        font = PIL.ImageFont.load_default()
+        font = default_font(font_size or _auto_font_size(*base.shape[:2]))
         for seg_id, caption in zip(ids, captions, strict=True):
             mask = segmentation == seg_id
             if not caption or not mask.any():

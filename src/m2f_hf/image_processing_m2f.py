@@ -75,6 +75,8 @@ class M2fHfImageProcessorKwargs(ImagesKwargs, total=False):
     object_mask_threshold (`float`): panoptic score threshold (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD).
     overlap_threshold (`float`): panoptic mask overlap threshold (MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD).
     test_topk_per_image (`int`): instance detections per image (TEST.DETECTIONS_PER_IMAGE).
+    instance_score_threshold (`float`): default score filter of instance post-processing (None: keep every
+        top-k detection, the original); `m2f-hf calibrate --write` stores a calibrated value here.
     sem_seg_postprocess_before_inference (`bool`): resize the mask logits before the semantic rule
         (True) or the semantic score map after it (False); the original's flag of the same name.
     """
@@ -86,6 +88,7 @@ class M2fHfImageProcessorKwargs(ImagesKwargs, total=False):
     object_mask_threshold: float
     overlap_threshold: float
     test_topk_per_image: int
+    instance_score_threshold: float | None
     sem_seg_postprocess_before_inference: bool
 
 
@@ -249,6 +252,7 @@ class M2fHfImageProcessor(PilBackend):
     object_mask_threshold = 0.8
     overlap_threshold = 0.8
     test_topk_per_image = 100
+    instance_score_threshold = None
     sem_seg_postprocess_before_inference = True
 
     def __init__(self, **kwargs: Any) -> None:
@@ -541,7 +545,8 @@ class M2fHfImageProcessor(PilBackend):
         """Instance segmentation with the original rule (see `processing_postprocess.instance_inference`).
 
         Args:
-            threshold: keep instances with score ≥ threshold (default None: no filtering, the original).
+            threshold: keep instances with score ≥ threshold (default: `instance_score_threshold`, which is
+                None, no filtering, as the original, unless a calibration stored a value).
             mask_threshold: probability threshold of the binary masks (0.5 = the original's logit > 0).
             overlap_mask_area_threshold: accepted for pipeline compatibility; instances do not use it.
             target_sizes: output (H, W) per image (default: the resized image size).
@@ -557,6 +562,7 @@ class M2fHfImageProcessor(PilBackend):
         """
         if return_coco_annotation and return_binary_maps:
             raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
+        threshold = self.instance_score_threshold if threshold is None else threshold
         class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
         things = None
         if self.thing_ids is not None:

@@ -113,8 +113,9 @@ def evaluate(
                     target["segments_info"],
                 )
         if "instance" in evaluators:
+            # AP ranks every top-k detection: no score filter, even if the processor has a calibrated one
             preds = processor.post_process_instance_segmentation(
-                outputs, target_sizes=sizes, return_binary_maps=True
+                outputs, threshold=0.0, target_sizes=sizes, return_binary_maps=True
             )
             for pred, target in zip(preds, targets, strict=True):
                 if target["panoptic_map"] is None:

@@ -6,10 +6,17 @@ function of (seed, index).
 
 Classes (contiguous training ids): things 0-3 = circle, rectangle, triangle, ellipse; stuff 4-6 = sky,
 grass, wall. The COCO-style files use category ids = contiguous id + 1 (`CATEGORY_ID_TO_CONTIGUOUS`).
+
+`palette` chooses the colour of the shapes: "random" (the default) paints each shape in a uniformly random
+colour, so only its outline tells its class; "by_class" draws it from a hue band of its class (circle
+yellow, rectangle magenta, triangle cyan, ellipse violet, `THING_HUES`; random saturation and brightness),
+so colour is a cue as well, as it is for the stuff classes. The bundled demo model is trained on
+"by_class" (see its model card).
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,9 +34,11 @@ __all__ = [
     "ID2LABEL",
     "LABEL2ID",
     "STUFF_CLASSES",
+    "PALETTES",
     "STUFF_IDS",
     "SYNTHETIC_CATEGORIES",
     "THING_CLASSES",
+    "THING_HUES",
     "THING_IDS",
     "load_coco_panoptic",
     "make_synthetic_dataset",
@@ -45,6 +54,10 @@ LABEL2ID: dict[str, int] = {name: i for i, name in ID2LABEL.items()}
 THING_IDS: tuple[int, ...] = tuple(range(len(THING_CLASSES)))
 STUFF_IDS: tuple[int, ...] = tuple(range(len(THING_CLASSES), len(ID2LABEL)))
 _SKY, _GRASS, _WALL = STUFF_IDS
+PALETTES = ("random", "by_class")
+# palette "by_class": centre of each thing class's hue band in degrees (away from sky blue, grass green and
+# the brick wall)
+THING_HUES: dict[str, float] = {"circle": 55.0, "rectangle": 320.0, "triangle": 175.0, "ellipse": 270.0}
 
 _CATEGORY_COLORS = [
     (220, 20, 60),
@@ -170,6 +183,15 @@ def _shape_mask(rng: np.random.Generator, class_id: int, height: int, width: int
     return _draw_shape(_shape_params(rng, class_id, height, width), height, width)
 
 
+def _shape_color(rng: np.random.Generator, class_id: int, palette: str) -> np.ndarray:
+    """Base RGB colour (float32, 0-255) of one shape."""
+    if palette == "random":
+        return rng.uniform(20, 235, 3).astype(np.float32)
+    hue = (THING_HUES[ID2LABEL[class_id]] + rng.uniform(-10.0, 10.0)) % 360.0 / 360.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 0.95), rng.uniform(0.55, 0.95))
+    return np.asarray(rgb, dtype=np.float32) * 255.0
+
+
 def _unique_segment_ids(rng: np.random.Generator, count: int) -> list[int]:
     """Distinct random panoptic ids in [1, 2**24), so the PNG colour uses all three channels."""
     ids: list[int] = []
@@ -186,8 +208,9 @@ def make_synthetic_sample(
     size: tuple[int, int] = (128, 128),
     max_objects: int = 6,
     min_area: int = 30,
+    palette: str = "random",
 ) -> dict[str, Any]:
-    """One synthetic scene, a pure function of (seed, index).
+    """One synthetic scene, a pure function of (seed, index) (and of `palette`, see the module docstring).
 
     Returns a dict with:
         image (H, W, 3) uint8; semantic_map (H, W) uint8 contiguous class ids (no ignore pixels);
@@ -200,6 +223,8 @@ def make_synthetic_sample(
         raise ValueError(f"size must be at least 16x16, got {size}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
     layout = _stuff_layout(rng, height, width)
@@ -211,7 +236,7 @@ def make_synthetic_sample(
     for k in range(int(rng.integers(1, max_objects + 1))):
         class_id = int(rng.choice(THING_IDS))
         mask = _shape_mask(rng, class_id, height, width)
-        base = rng.uniform(20, 235, 3).astype(np.float32)
+        base = _shape_color(rng, class_id, palette)
         shade = np.linspace(-25, 25, height, dtype=np.float32)[:, None, None] + rng.normal(
             0.0, 4.0, (height, width, 1)
         ).astype(np.float32)
@@ -277,11 +302,12 @@ def make_synthetic_dataset(
     seed: int = 0,
     max_objects: int = 6,
     min_area: int = 30,
+    palette: str = "random",
 ) -> list[dict[str, Any]]:
     """`num_images` synthetic scenes (see `make_synthetic_sample`); image i is the same for any num_images."""
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
-    return [make_synthetic_sample(seed, i, size, max_objects, min_area) for i in range(num_images)]
+    return [make_synthetic_sample(seed, i, size, max_objects, min_area, palette) for i in range(num_images)]
 
 
 # ------------------------------------------------------------------------------------------------ files
