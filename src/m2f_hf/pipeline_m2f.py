@@ -39,6 +39,8 @@ from .configuration_m2f import Mask2FormerConfig
 
 __all__ = [
     "SUBTASKS",
+    "CheckpointLoadError",
+    "M2fHfPipelineModelLoader",
     "M2fHfImageSegmentationPipeline",
     "default_subtask",
     "forward_by_size",
@@ -260,6 +262,37 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
         ]
 
 
+class CheckpointLoadError(Exception):
+    """An m2f_hf checkpoint that `pipeline(...)` cannot load (missing or broken weights). Deliberately not
+    an OSError / ValueError: transformers' pipeline factory catches those and goes on to try every class
+    named in `config.architectures`, which for m2f_hf is transformers' own, incompatible Mask2Former."""
+
+
+class M2fHfPipelineModelLoader:
+    """The first model class `pipeline("image-segmentation", model=PATH)` tries (see
+    `register_segmentation_pipeline`): m2f_hf checkpoints load through the Auto classes (so remote code
+    and registration work as usual) and a failure ends in `CheckpointLoadError` naming the folder and the
+    cause; other checkpoints are declined with a ValueError and the stock classes load them."""
+
+    @classmethod
+    def from_pretrained(cls, model: str, **kwargs: Any) -> Any:
+        from transformers import AutoModelForImageSegmentation, PreTrainedConfig
+
+        try:
+            config_dict, _ = PreTrainedConfig.get_config_dict(model)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"no readable config in {model!r}") from exc
+        if config_dict.get("model_type") != Mask2FormerConfig.model_type:
+            raise ValueError(f"{model!r} is not an m2f_hf checkpoint")
+        try:
+            return AutoModelForImageSegmentation.from_pretrained(model, **kwargs)
+        except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
+            lines = str(exc).strip().splitlines()
+            raise CheckpointLoadError(
+                f"cannot load the m2f_hf model {model!r}: {lines[0] if lines else type(exc).__name__}"
+            ) from exc
+
+
 def register_segmentation_pipeline() -> None:
     """Make `pipeline("image-segmentation")` build `M2fHfImageSegmentationPipeline` (idempotent).
 
@@ -283,4 +316,11 @@ def register_segmentation_pipeline() -> None:
             impl,
         )
         return
-    PIPELINE_REGISTRY.supported_tasks[TASK_NAME] = {**entry, "impl": M2fHfImageSegmentationPipeline}
+    # m2f_hf checkpoints load (or fail clearly) before transformers tries its own Mask2Former, which
+    # shares the class name in `config.architectures`
+    stock_classes = tuple(c for c in entry.get("pt", ()) if c is not M2fHfPipelineModelLoader)
+    PIPELINE_REGISTRY.supported_tasks[TASK_NAME] = {
+        **entry,
+        "impl": M2fHfImageSegmentationPipeline,
+        "pt": (M2fHfPipelineModelLoader, *stock_classes),
+    }
