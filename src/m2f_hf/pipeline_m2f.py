@@ -183,6 +183,7 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
         else:
             dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
             num_workers = min(num_workers, 1)
+
         def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             return {key: [item[key] for item in items] for key in items[0]}
 
