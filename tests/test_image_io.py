@@ -217,3 +217,21 @@ def test_config_fields_are_validated_at_construction(field, value, message):
     data[field] = value
     with pytest.raises(ValueError, match=field):  # as a config.json would give it
         Mask2FormerConfig.from_dict(data)
+
+
+def test_semantic_map_when_no_object_takes_all_the_class_mass(processor):
+    """Found by the fuzz: with every query's probability on "no object" no class is a candidate for the
+    block-wise semantic argmax; the labels must still be the full rule's."""
+    from m2f_hf import processing_postprocess as pp
+
+    generator = torch.Generator().manual_seed(0)
+    class_logits = torch.randn(1, 3, 5, generator=generator)
+    class_logits[..., -1] = 40.0  # all mass on "no object"
+    mask_logits = torch.randn(1, 3, 2, 9, generator=generator) * 10
+    outputs = Mask2FormerForUniversalSegmentationOutput(
+        class_queries_logits=class_logits, masks_queries_logits=mask_logits
+    )
+    for target in [(8, 36), (13, 50)]:
+        labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[target])[0]
+        masks = pp.masks_at_target(mask_logits[0], (8, 36), target)
+        assert torch.equal(labels, pp.semantic_argmax(class_logits[0], masks))

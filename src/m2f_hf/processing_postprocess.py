@@ -251,7 +251,7 @@ def _candidate_classes(class_probs: torch.Tensor) -> tuple[torch.Tensor, torch.T
     mass = class_probs.sum(dim=0)
     order = mass.argsort(descending=True)
     count = int((mass > CANDIDATE_MASS).sum())
-    if count >= 0.75 * num_classes:
+    if count == 0 or count >= 0.75 * num_classes:  # no class stands out (e.g. all mass on "no object")
         return None
     candidates = order[:count].sort().values
     return candidates, class_probs.t()[candidates].contiguous(), float(mass[order[count]])
