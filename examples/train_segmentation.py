@@ -502,10 +502,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kwargs_handlers=kwargs_handlers,
     )
     set_seed(args.seed)
-    accelerator.print(
-        f"{accelerator.distributed_type.name} num_processes={accelerator.num_processes} "
-        f"device={accelerator.device} mixed_precision={accelerator.mixed_precision}"
-    )
+    if accelerator.num_processes > 1:  # a single process needs no setup line ("NO num_processes=1 ...")
+        accelerator.print(
+            f"{accelerator.distributed_type.name} num_processes={accelerator.num_processes} "
+            f"device={accelerator.device} mixed_precision={accelerator.mixed_precision}"
+        )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,8 +1,9 @@
 """Evaluation metrics against their reference tools on generated cases (and a few hand-computed ones).
 
 * mIoU & co: an independent per-class numpy reference that spells out detectron2's SemSegEvaluator formulas.
-* PQ: the COCO panoptic API itself (``panopticapi.evaluation.pq_compute``, PyPI ``panopticapi-lite``), fed
-  with the generated cases written as rgb-encoded PNG + JSON files, as detectron2's evaluator writes them.
+* PQ: an independent file-based reference of the COCO panoptic API's rules (``reference_pq.py``), fed with
+  the generated cases written as rgb-encoded PNG + JSON files, as detectron2's evaluator writes them; where
+  ``panopticapi`` (PyPI ``panopticapi-lite``) is installed, its ``pq_compute`` is checked against it too.
 * mask AP: pycocotools' COCOeval run directly on COCO json built here from the same masks.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_pq
 import torch
 from PIL import Image
 
@@ -290,8 +292,9 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
 
 
 def run_panopticapi(images, categories, tmp: Path) -> dict:
-    """Write the case as the COCO panoptic files detectron2 would write and run panopticapi's pq_compute."""
-    evaluation = pytest.importorskip("panopticapi.evaluation")
+    """Write the case as the COCO panoptic files detectron2 would write and score them with the independent
+    file-based reference (`reference_pq.py`); where panopticapi is installed, also with its pq_compute,
+    which must agree with the reference."""
     (tmp / "gt").mkdir()
     (tmp / "pred").mkdir()
     gt_anns, pred_anns = [], []
@@ -307,10 +310,22 @@ def run_panopticapi(images, categories, tmp: Path) -> dict:
     cats = [{"id": c, "name": str(c), "isthing": int(info["isthing"])} for c, info in categories.items()]
     (tmp / "gt.json").write_text(json.dumps({"annotations": gt_anns, "categories": cats}))
     (tmp / "pred.json").write_text(json.dumps({"annotations": pred_anns, "categories": cats}))
+    files = (str(tmp / "gt.json"), str(tmp / "pred.json"), str(tmp / "gt"), str(tmp / "pred"))
+    reference = reference_pq.pq_compute(*files)
+    try:
+        from panopticapi import evaluation
+    except ImportError:
+        return reference
     with contextlib.redirect_stdout(io.StringIO()):
-        return evaluation.pq_compute(
-            str(tmp / "gt.json"), str(tmp / "pred.json"), str(tmp / "gt"), str(tmp / "pred")
-        )
+        official = evaluation.pq_compute(*files)
+    for group in ("All", "Things", "Stuff"):
+        assert official[group]["n"] == reference[group]["n"]
+        for m in ("pq", "sq", "rq"):
+            assert_close(official[group][m], reference[group][m], f"reference {group} {m}")
+    for cat, vals in official["per_class"].items():
+        for m in ("pq", "sq", "rq"):
+            assert_close(vals[m], reference["per_class"][cat][m], f"reference class {cat} {m}")
+    return reference
 
 
 def evaluate_panoptic(images, categories) -> dict:

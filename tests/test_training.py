@@ -272,8 +272,9 @@ def test_hub_folder_and_model_card(short_run):
     assert again["PQ"] == pytest.approx(metrics["PQ"], abs=1e-6)
 
 
-def test_short_run_learns(tmp_path):
-    """A few dozen steps on a handful of images: the loss falls clearly."""
+def test_short_run_learns(tmp_path, capsys):
+    """A few dozen steps on a handful of images: the loss falls clearly (and a single process prints no
+    accelerate setup line)."""
     out = tmp_path / "learn"
     train_segmentation.main(
         [
@@ -302,6 +303,8 @@ def test_short_run_learns(tmp_path):
     losses = [r["loss"] for r in _train_records(out)]
     assert len(losses) == 25
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:3]), losses
+    printed = capsys.readouterr()
+    assert "num_processes" not in printed.out + printed.err
 
 
 def test_bad_arguments():

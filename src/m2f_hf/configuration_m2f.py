@@ -54,6 +54,73 @@ SWIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+# fields with a range beyond their type; checked (with the types) when a config is built
+POSITIVE_FIELDS = (
+    "feature_size",
+    "mask_feature_size",
+    "encoder_feedforward_dim",
+    "encoder_n_points",
+    "common_stride",
+    "hidden_dim",
+    "num_attention_heads",
+    "dim_feedforward",
+    "decoder_layers",
+    "num_queries",
+    "train_num_points",
+    "test_topk_per_image",
+)
+NON_NEGATIVE_FIELDS = (
+    "encoder_layers",
+    "size_divisibility",
+    "init_std",
+    "oversample_ratio",
+    "no_object_weight",
+    "class_weight",
+    "mask_weight",
+    "dice_weight",
+)
+UNIT_INTERVAL_FIELDS = (
+    "dropout",
+    "importance_sample_ratio",
+    "object_mask_threshold",
+    "overlap_threshold",
+)
+_TYPE_CHECKS = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+}
+
+
+def validate_fields(config: Any) -> None:
+    """A ValueError naming the field when a plain int / float / bool / str field of `Mask2FormerConfig`
+    has the wrong type (e.g. `num_queries: "sixteen"`) or lies outside its range."""
+    for name, annotation in Mask2FormerConfig.__annotations__.items():
+        check = _TYPE_CHECKS.get(annotation if isinstance(annotation, str) else annotation.__name__)
+        if check is None:
+            continue
+        value = getattr(config, name)
+        types, description = check
+        bad_bool = isinstance(value, bool) and bool not in types
+        if bad_bool or not isinstance(value, types) or (isinstance(value, float) and value != value):
+            raise ValueError(f"Mask2FormerConfig.{name} must be {description}, got {value!r}")
+    for name in POSITIVE_FIELDS:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"Mask2FormerConfig.{name} must be positive, got {getattr(config, name)!r}")
+    for name in NON_NEGATIVE_FIELDS:
+        if getattr(config, name) < 0:
+            raise ValueError(f"Mask2FormerConfig.{name} must be >= 0, got {getattr(config, name)!r}")
+    for name in UNIT_INTERVAL_FIELDS:
+        if not 0 <= getattr(config, name) <= 1:
+            raise ValueError(f"Mask2FormerConfig.{name} must lie in [0, 1], got {getattr(config, name)!r}")
+    if config.thing_ids is not None and (
+        isinstance(config.thing_ids, (str, bytes))
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in config.thing_ids)
+    ):
+        raise ValueError(f"Mask2FormerConfig.thing_ids must be a list of integers, got {config.thing_ids!r}")
+
+
 @strict(accept_kwargs=True)
 class Mask2FormerConfig(PreTrainedConfig):
     r"""Mask2Former configuration mirroring the original `MODEL.*`, `INPUT.*` and `TEST.*` options.
@@ -119,6 +186,7 @@ class Mask2FormerConfig(PreTrainedConfig):
                 "settings belong to the image processor (preprocessor_config.json), which inference has "
                 "always read them from; set them there"
             )
+        validate_fields(self)
         if self.backbone_type not in BACKBONE_TYPES:
             raise ValueError(f"backbone_type must be one of {BACKBONE_TYPES}, got {self.backbone_type!r}")
         defaults = {"resnet": RESNET_DEFAULTS, "swin": SWIN_DEFAULTS}.get(self.backbone_type)

@@ -12,11 +12,16 @@ optional contours) and `<name>_<task>.json` (input folders are mirrored): image 
 overlay's path relative to the output folder and one record per segment (id, label_id, label, score,
 area, bbox [x, y, w, h], colour, COCO RLE of its mask). The ids of the
 overlay's segments are the JSON ids; instance masks may overlap (the overlay shows the higher score).
+Inputs whose names would give the same output name are told apart (`a.png` + `a.jpg` → `a_png_*`,
+`a_jpg_*`; otherwise `_2`, `_3` ...). A file that cannot be read or segmented is skipped with a warning;
+the rest are finished, a summary is printed and the exit status is 1. Each image runs through the model
+alone (`--batch-size` batches the reading), so its result does not depend on the other inputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -43,6 +48,58 @@ class CliError(Exception):
     """A user-facing error: printed as `error: ...`, exit status 1."""
 
 
+class PredictReport(list):
+    """The JSON paths `predict` wrote (a list), and in `failed` the (image, one-line reason) it skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[tuple[Path, str]] = []
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if text.splitlines() else text
+
+
+def check_device(device: str) -> torch.device:
+    """`device` as a torch device, or a CliError saying why it cannot be used here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CliError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise CliError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device {device}: MPS is not available on this machine (use --device cpu)")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise CliError(f"--device {device}: unsupported device type {parsed.type!r} (use cpu, cuda or mps)")
+    return parsed
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type of the thresholds and --alpha: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 def collect_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
     """(image path, output stem relative to the output folder) for files and, recursively, folders."""
@@ -58,23 +115,53 @@ def collect_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
             found.append((path, Path(path.stem)))
         else:
             raise CliError(f"input not found: {path}")
-    stems: dict[Path, int] = {}
+    return unique_stems(found)
+
+
+def unique_stems(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """Output stems that never collide (compared case-insensitively, for case-insensitive file systems):
+    inputs sharing a stem but not a suffix keep the suffix in their name (a.png, a.jpg → a_png, a_jpg);
+    remaining clashes, and clashes with those new names, get _2, _3 ..."""
+    by_stem: dict[str, set[str]] = {}
+    for path, stem in found:
+        by_stem.setdefault(stem.as_posix().lower(), set()).add(path.suffix.lower())
+    taken: set[str] = set()
     unique = []
-    for path, stem in found:  # two inputs with one name get _2, _3 ... instead of overwriting
-        count = stems.get(stem, 0) + 1
-        stems[stem] = count
-        unique.append((path, stem if count == 1 else stem.with_name(f"{stem.name}_{count}")))
+    for path, stem in found:
+        if len(by_stem[stem.as_posix().lower()]) > 1:
+            stem = stem.with_name(f"{stem.name}_{path.suffix.lstrip('.').lower()}")
+        candidate, count = stem, 1
+        while candidate.as_posix().lower() in taken:
+            count += 1
+            candidate = stem.with_name(f"{stem.name}_{count}")
+        taken.add(candidate.as_posix().lower())
+        unique.append((path, candidate))
     return unique
 
 
 def open_image(path: Path) -> PIL.Image.Image:
-    """The image as the original reads it: EXIF orientation applied (detectron2's `read_image`)."""
+    """The image as the original reads it: EXIF orientation applied (detectron2's `read_image`), pixel
+    mode kept (16-bit files are scaled to 8 bits by the processor's rule, not clipped)."""
+    from .processing_image_io import open_image as read
+
     try:
-        with PIL.Image.open(path) as image:
-            image.load()
-            return PIL.ImageOps.exif_transpose(image)
-    except (OSError, PIL.UnidentifiedImageError) as exc:
-        raise CliError(f"cannot read image {path}: {exc}") from exc
+        return read(path)
+    except ValueError as exc:
+        raise CliError(_one_line(exc)) from exc
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No transformers / Hub progress bars ("Loading weights") while a model loads."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -92,12 +179,18 @@ def load_model(model_ref: str, device: str, dtype: str | None) -> tuple[Any, Any
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot load model {model_ref!r}: {exc}") from exc
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-    model = Mask2FormerForUniversalSegmentation.from_pretrained(model_ref, **kwargs).eval().to(device)
-    if config_dict.get("model_type") == TRANSFORMERS_MODEL_TYPE:
-        processor = processor_for_transformers_checkpoint(model_ref)
-    else:
-        processor = M2fHfImageProcessor.from_pretrained(model_ref)
-    return model, processor
+    try:
+        with _quiet_loading():
+            model = Mask2FormerForUniversalSegmentation.from_pretrained(model_ref, **kwargs)
+            if config_dict.get("model_type") == TRANSFORMERS_MODEL_TYPE:
+                processor = processor_for_transformers_checkpoint(model_ref)
+            else:
+                processor = M2fHfImageProcessor.from_pretrained(model_ref)
+    except CliError:
+        raise
+    except Exception as exc:  # corrupt weights surface as safetensors / torch / OS errors of many types
+        raise CliError(f"cannot load model {model_ref!r}: {_one_line(exc)}") from exc
+    return model.eval().to(device), processor
 
 
 def segments_of(
@@ -169,7 +262,7 @@ def predict(
     progress: bool = True,
     cpu_mode: str | None = None,
     legend: bool = False,
-) -> list[Path]:
+) -> PredictReport:
     """Segment every image of `inputs` (files or folders) and write overlays and JSON into `output`.
 
     cpu_mode: an opt-in CPU fast mode ("bf16", "int8" or "compile"; see `ecosystem_fast.optimize_for_cpu`
@@ -179,18 +272,27 @@ def predict(
     instance score filter (default: the processor's calibrated `instance_score_threshold`, else 0.5 as
     the original demo draws; 0 keeps the full top-k). Segments are coloured by class (`class_colors`:
     one colour family per class, the same in every task); `legend` adds a panel naming the classes.
-    Returns the JSON paths written.
+    Each image is preprocessed and run through the model alone (batch-invariant results; `batch_size`
+    images are read at a time). A file that cannot be read or segmented is skipped with a warning.
+    Returns the JSON paths written (a list), with the skipped files in its `failed`.
     """
     from tqdm.auto import tqdm
 
-    from .ecosystem_visualization import add_legend, class_colors, render_overlay
-    from .pipeline_m2f import SUBTASKS, default_subtask, post_process
-    from .processing_postprocess import rle_encode
+    from .pipeline_m2f import SUBTASKS, default_subtask, forward_by_size, post_process
 
     if batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {batch_size}")
     if task is not None and task not in SUBTASKS:
         raise CliError(f"--task must be one of {SUBTASKS}, got {task!r}")
+    for name, value in (
+        ("threshold", threshold),
+        ("mask threshold", mask_threshold),
+        ("overlap threshold", overlap_threshold),
+        ("alpha", alpha),
+    ):
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise CliError(f"the {name} must lie in [0, 1], got {value}")
+    device = str(check_device(device))
     images = collect_images(inputs)
     model, processor = load_model(model_ref, device, dtype)
     if cpu_mode:
@@ -205,64 +307,107 @@ def predict(
         threshold = INSTANCE_DISPLAY_THRESHOLD if calibrated is None else calibrated
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = PredictReport()
     bar = tqdm(total=len(images), desc="segmenting", unit="image", disable=not progress or len(images) < 2)
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        pictures = [open_image(path) for path, _ in chunk]
-        batch = processor(images=pictures, return_tensors="pt")
-        with torch.no_grad():
-            outputs = model(
-                pixel_values=batch["pixel_values"].to(device=device, dtype=model.dtype),
-                pixel_mask=batch["pixel_mask"].to(device),
-            )
-        results = post_process(
-            processor,
-            outputs,
-            task,
-            target_sizes=batch["original_sizes"],
-            threshold=threshold,
-            mask_threshold=mask_threshold,
-            overlap_mask_area_threshold=overlap_threshold,
-        )
-        for (path, stem), picture, result in zip(chunk, pictures, results, strict=True):
-            segmentation, records, masks = segments_of(result, task, model.config.id2label)
-            colors = class_colors([r["label_id"] for r in records], len(model.config.id2label))
-            rles = rle_encode(torch.from_numpy(np.stack(masks))) if masks else []
-            for record, color, rle in zip(records, colors, rles, strict=True):
-                record["color"] = list(color)
-                record["rle"] = rle
-            overlay = render_overlay(
-                picture.convert("RGB"),
-                segmentation,
-                [r["id"] for r in records],
-                captions=[_caption(r) for r in records],
-                colors=colors,
-                alpha=alpha,
-                contours=contours,
-                draw_labels=draw_labels,
-            )
-            if legend:
-                overlay = add_legend(overlay, legend_entries(records, colors), title=task)
-            base = output / stem
-            base.parent.mkdir(parents=True, exist_ok=True)
-            overlay_path = base.with_name(f"{base.name}_{task}.png")
-            json_path = base.with_name(f"{base.name}_{task}.json")
-            overlay.save(overlay_path)
-            report = {
-                "image": str(path),
-                "width": picture.width,
-                "height": picture.height,
-                "task": task,
-                "model": str(model_ref),
-                "overlay": overlay_path.relative_to(output).as_posix(),
-                "segments": records,
-            }
-            json_path.write_text(json.dumps(report, indent=1) + "\n")
-            written.append(json_path)
-            bar.update()
-    bar.close()
+
+    def skip(path: Path, exc: BaseException) -> None:
+        reason = _one_line(exc)
+        written.failed.append((path, reason))
+        bar.write(f"warning: skipped {path}: {reason}", file=sys.stderr)
+        bar.update()
+
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk, pictures, encoded = [], [], []
+            for path, stem in images[start : start + batch_size]:
+                try:
+                    picture = open_image(path)
+                    encoded.append(processor(images=[picture], return_tensors="pt"))
+                except (CliError, ValueError, TypeError, OSError) as exc:
+                    skip(path, exc)
+                    continue
+                chunk.append((path, stem))
+                pictures.append(picture)
+            if not chunk:
+                continue
+            with torch.no_grad():
+                groups = forward_by_size(
+                    model,
+                    [e["pixel_values"].to(device=device, dtype=model.dtype) for e in encoded],
+                    [e["pixel_mask"].to(device) for e in encoded],
+                )
+            for indices, outputs in groups:
+                results = post_process(
+                    processor,
+                    outputs,
+                    task,
+                    target_sizes=torch.cat([encoded[i]["original_sizes"] for i in indices]),
+                    threshold=threshold,
+                    mask_threshold=mask_threshold,
+                    overlap_mask_area_threshold=overlap_threshold,
+                )
+                for i, result in zip(indices, results, strict=True):
+                    path, stem = chunk[i]
+                    json_path = _write_result(
+                        path, stem, pictures[i], result, task, model.config.id2label, str(model_ref), output,
+                        dict(alpha=alpha, contours=contours, draw_labels=draw_labels), legend,
+                    )  # fmt: skip
+                    written.append(json_path)
+                    bar.update()
+    finally:
+        bar.close()
     return written
+
+
+def _write_result(
+    path: Path,
+    stem: Path,
+    picture: PIL.Image.Image,
+    result: Any,
+    task: str,
+    id2label: dict[int, str],
+    model_ref: str,
+    output: Path,
+    style: dict[str, Any],
+    legend: bool = False,
+) -> Path:
+    """One image's overlay PNG and JSON; returns the JSON path."""
+    from .ecosystem_visualization import add_legend, class_colors, render_overlay
+    from .processing_image_io import to_rgb_uint8
+    from .processing_postprocess import rle_encode
+
+    segmentation, records, masks = segments_of(result, task, id2label)
+    colors = class_colors([r["label_id"] for r in records], len(id2label))
+    rles = rle_encode(torch.from_numpy(np.stack(masks))) if masks else []
+    for record, color, rle in zip(records, colors, rles, strict=True):
+        record["color"] = list(color)
+        record["rle"] = rle
+    overlay = render_overlay(
+        PIL.Image.fromarray(to_rgb_uint8(picture, 0)),  # 16-bit inputs scaled as the model saw them
+        segmentation,
+        [r["id"] for r in records],
+        captions=[_caption(r) for r in records],
+        colors=colors,
+        **style,
+    )
+    if legend:
+        overlay = add_legend(overlay, legend_entries(records, colors), title=task)
+    base = output / stem
+    base.parent.mkdir(parents=True, exist_ok=True)
+    overlay_path = base.with_name(f"{base.name}_{task}.png")
+    json_path = base.with_name(f"{base.name}_{task}.json")
+    overlay.save(overlay_path)
+    report = {
+        "image": str(path),
+        "width": picture.width,
+        "height": picture.height,
+        "task": task,
+        "model": model_ref,
+        "overlay": overlay_path.relative_to(output).as_posix(),
+        "segments": records,
+    }
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    return json_path
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -286,6 +431,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         legend=args.legend,
     )
     print(f"wrote {len(written)} overlay(s) and JSON file(s) to {args.output}")
+    if written.failed:
+        print(
+            f"error: {len(written.failed)} of {len(written) + len(written.failed)} image(s) failed:",
+            file=sys.stderr,
+        )
+        for path, reason in written.failed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -297,6 +450,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"the bundled demo model is missing ({DEMO_MODEL}); this installation ships no default model. "
             "Run `m2f-hf predict IMAGE --model DIR_OR_HUB_ID --output DIR` with a converted or trained model."
         )
+    check_device(args.device)
     if args.image is not None and not Path(args.image).is_file():
         raise CliError(f"input not found: {args.image}")
     run_demo(
@@ -433,23 +587,31 @@ def build_parser() -> argparse.ArgumentParser:
     predict_p.add_argument("--task", choices=SUBTASKS, help="default: the task the model was configured for")
     predict_p.add_argument(
         "--threshold",
-        type=float,
+        type=_unit_interval,
         help="panoptic: query score threshold (default: the model's, 0.8 in the original); instance: "
         f"minimum score (default {INSTANCE_DISPLAY_THRESHOLD}; 0 keeps every top-k detection)",
     )
-    predict_p.add_argument("--mask-threshold", type=float, default=0.5, help="mask probability threshold")
     predict_p.add_argument(
-        "--overlap-threshold", type=float, help="panoptic overlap threshold (model default)"
+        "--mask-threshold", type=_unit_interval, default=0.5, help="mask probability threshold in [0, 1]"
+    )
+    predict_p.add_argument(
+        "--overlap-threshold",
+        type=_unit_interval,
+        help="panoptic overlap threshold in [0, 1] (model default)",
     )
     predict_p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     predict_p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model dtype")
-    predict_p.add_argument("--batch-size", type=int, default=1)
+    predict_p.add_argument(
+        "--batch-size", type=_positive_int, default=1, help="images read at a time (results do not change)"
+    )
+    predict_p.add_argument(
+        "--alpha", type=_unit_interval, default=0.55, help="overlay colour weight in [0, 1]"
+    )
     predict_p.add_argument(
         "--cpu-mode",
         choices=["bf16", "int8", "compile"],
         help="opt-in CPU fast mode (docs/performance.md: speed and accuracy cost of each)",
     )
-    predict_p.add_argument("--alpha", type=float, default=0.55, help="overlay colour weight in [0, 1]")
     predict_p.add_argument("--contours", action="store_true", help="draw segment borders")
     predict_p.add_argument("--no-labels", action="store_true", help="do not draw the label text")
     predict_p.add_argument("--legend", action="store_true", help="add a legend panel (classes, colours)")
@@ -516,7 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (CliError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
 
 

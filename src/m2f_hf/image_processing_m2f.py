@@ -10,13 +10,14 @@ Post-processing follows transformers' method names, signatures and return format
 `pipeline("image-segmentation")` works unchanged) but gives the original's results by default; the
 rules themselves live in `processing_postprocess.py`.
 
-Input conventions (each image becomes 8-bit RGB before the resize, as the original reads files):
+Input conventions (each image becomes 8-bit RGB before the resize, as the original reads files; the
+loading and validation rules live in `processing_image_io.py`):
 * PIL: converted with `Image.convert("RGB")` (what detectron2's reader does): grayscale is replicated,
   palettes are expanded, the alpha channel of RGBA/LA/PA is dropped (no compositing). 16-bit modes
   ("I;16*", and "I" with values in 0..65535) are scaled to 8 bits as round(x / 257); "F" follows the
   float rule below.
-* numpy arrays / torch tensors: (H, W), (H, W, C) or (C, H, W) with C in 1..4 (channels first is tried
-  first, as transformers does; pass `input_data_format` when a shape is ambiguous). 1 channel is
+* numpy arrays / torch tensors: (H, W), (H, W, C) or (C, H, W) with C in 1..4 (a shape that could be
+  either layout is guessed with a warning; pass `input_data_format` to decide). 1 channel is
   replicated, 2 = gray + alpha and 4 = RGBA drop their alpha. uint8 is used as is, uint16 is scaled as
   round(x / 257), other integer types must hold values in 0..255, floats must lie in [0, 1] and become
   round(255 x). Anything else (bool, other channel counts, empty images, NaN) raises ValueError.
@@ -35,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ChannelDimension, PILImageResampling, load_image
+from transformers.image_utils import ChannelDimension, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
 from . import processing_postprocess as pp
+from .processing_image_io import to_rgb_uint8
 
 __all__ = ["M2fHfImageProcessor", "M2fHfImageProcessorKwargs", "resized_shape", "to_rgb_uint8"]
 
@@ -104,108 +106,8 @@ def resized_shape(height: int, width: int, shortest_edge: int, longest_edge: int
     if longest_edge is not None and max(new_h, new_w) > longest_edge:
         scale = longest_edge * 1.0 / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def _from_16bit(array: np.ndarray) -> np.ndarray:
-    """16-bit values → 8-bit as round(x / 257) (65535 → 255; no ties can occur)."""
-    return np.rint(array.astype(np.float64) / 257.0).astype(np.uint8)
-
-
-def _to_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        raise ValueError(f"{what}: boolean images are not supported; pass uint8 (0..255) or float in [0, 1]")
-    if array.dtype == np.uint16:
-        return _from_16bit(array)
-    if np.issubdtype(array.dtype, np.integer):
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"{what}: integer image of dtype {array.dtype} has values in [{low}, {high}], "
-                f"outside 0..255; "
-                "pass uint8, uint16 (16-bit data) or floats in [0, 1]"
-            )
-        return array.astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError(f"{what}: float image contains NaN or infinite values")
-        low, high = float(array.min()), float(array.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"{what}: float images must lie in [0, 1] (they are scaled by 255), got values in "
-                f"[{low:g}, {high:g}]; pass uint8 for 0..255 data"
-            )
-        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
-    raise ValueError(f"{what}: unsupported dtype {array.dtype}")
-
-
-def _pil_to_array(image: PIL.Image.Image, what: str) -> np.ndarray:
-    mode = image.mode
-    if mode.startswith("I;16"):
-        return _from_16bit(np.asarray(image).astype(np.uint16))
-    if mode == "I":
-        array = np.asarray(image)
-        if array.size and (array.min() < 0 or array.max() > 65535):
-            raise ValueError(f"{what}: PIL mode 'I' image with values outside 0..65535 is not supported")
-        return _from_16bit(array)
-    if mode == "F":
-        return _to_uint8(np.asarray(image), what)
-    try:
-        return np.asarray(image.convert("RGB"))
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{what}: cannot convert PIL mode {mode!r} to RGB") from exc
-
-
-def _to_rgb_uint8(image: Any, index: int, input_data_format: ChannelDimension | str | None) -> np.ndarray:
-    """Any supported image → (H, W, 3) uint8 RGB numpy array (see the module docstring for the rules)."""
-    what = f"image {index}"
-    if isinstance(image, str):
-        image = load_image(image)
-    if isinstance(image, PIL.Image.Image):
-        array = _pil_to_array(image, what)
-        channels_last = True
-    elif isinstance(image, (np.ndarray, torch.Tensor)):
-        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        channels_last = None
-    else:
-        raise TypeError(
-            f"{what}: expected a PIL image, numpy array, torch tensor or path, got {type(image).__name__}"
-        )
-
-    if array.ndim == 2:
-        array = array[:, :, None]
-    elif array.ndim == 3 and channels_last is None:
-        fmt = ChannelDimension(input_data_format) if input_data_format is not None else None
-        if fmt == ChannelDimension.FIRST or (fmt is None and array.shape[0] in (1, 2, 3, 4)):
-            array = np.moveaxis(array, 0, -1)
-        elif fmt is None and array.shape[-1] not in (1, 2, 3, 4):
-            raise ValueError(
-                f"{what}: shape {tuple(array.shape)} has no channel axis of size 1-4 "
-                "(gray, gray+alpha, RGB, RGBA)"
-            )
-    elif array.ndim != 3:
-        raise ValueError(f"{what}: expected 2 or 3 dimensions (H, W[, C]), got shape {tuple(array.shape)}")
-    height, width, channels = array.shape
-    if height == 0 or width == 0:
-        raise ValueError(f"{what}: empty image of size {height}x{width}")
-    if channels not in (1, 2, 3, 4):
-        raise ValueError(
-            f"{what}: {channels} channels are not supported (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)"
-        )
-    array = _to_uint8(array, what)
-    if channels in (1, 2):
-        array = np.repeat(array[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(array[:, :, :3])
-
-
-def to_rgb_uint8(
-    image: Any, index: int = 0, input_data_format: ChannelDimension | str | None = None
-) -> np.ndarray:
-    """Any image the processor accepts → (H, W, 3) uint8 RGB numpy array, by the rules in the module
-    docstring (`index` names the image in error messages)."""
-    return _to_rgb_uint8(image, index, input_data_format)
+    # an extreme aspect ratio can round a side to 0 (the original fails there): keep at least 1 pixel
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -294,7 +196,7 @@ class M2fHfImageProcessor(PilBackend):
             image_list = [images]
         if not image_list:
             raise ValueError("no images given")
-        arrays = [_to_rgb_uint8(image, i, input_data_format) for i, image in enumerate(image_list)]
+        arrays = [to_rgb_uint8(image, i, input_data_format) for i, image in enumerate(image_list)]
         maps = None
         if segmentation_maps is not None:
             maps = segmentation_maps if isinstance(segmentation_maps, (list, tuple)) else [segmentation_maps]

@@ -11,8 +11,14 @@ changes only those defaults for m2f_hf models (any other model gets the stock be
   `overlap_threshold` (the original's MODEL.MASK_FORMER.TEST values) for panoptic, and no score filter for
   instance (the original keeps its top-k detections); values passed to the pipeline are used as given;
 * instance masks are the full, possibly overlapping binary masks of each detection;
-* `batch_size > 1` with images of different sizes: the images are zero-padded at the bottom/right to
-  the batch's largest one (with `pixel_mask` 0 there), as the processor and the original batch them.
+* batch-invariant results: with `batch_size > 1` each image is still padded only to its own size and
+  runs through the model alone (`forward_by_size`; `batch_size` batches the loading and preprocessing),
+  so an image's result is bit for bit its `batch_size=1` result, whatever else is in the batch.
+  (The original's batched forward, which `processor(images=[...])` + `model(...)` reproduce, pads every
+  image to the batch's largest one, and that padding changes the smaller images' results; see
+  docs/quickstart.md.)
+* inputs are read by `processing_image_io` (16-bit PNGs scaled, not clipped; numpy arrays and tensors
+  accepted; unreadable files give a one-line ValueError naming the file).
 
 `register_segmentation_pipeline()` (run when `m2f_hf` is imported, and by the remote-code entry module
 of a Hub folder) makes `pipeline("image-segmentation", ...)` build this class.
@@ -34,8 +40,11 @@ from .processing_postprocess import TASKS
 
 __all__ = [
     "SUBTASKS",
+    "CheckpointLoadError",
+    "M2fHfPipelineModelLoader",
     "M2fHfImageSegmentationPipeline",
     "default_subtask",
+    "forward_by_size",
     "post_process",
     "register_segmentation_pipeline",
 ]
@@ -96,24 +105,31 @@ def _is_m2f(config: Any) -> bool:
     return getattr(config, "model_type", None) == Mask2FormerConfig.model_type
 
 
-def _pad_to_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Zero-pad each preprocessed image (and its pixel mask) to the largest height/width of the batch."""
-    height = max(int(item["pixel_values"].shape[-2]) for item in items)
-    width = max(int(item["pixel_values"].shape[-1]) for item in items)
-    padded = []
-    for item in items:
-        item = dict(item)
-        h, w = item["pixel_values"].shape[-2:]
-        if (h, w) != (height, width):
-            item["pixel_values"] = torch.nn.functional.pad(
-                item["pixel_values"], (0, width - w, 0, height - h)
-            )
-            if item.get("pixel_mask") is not None:
-                item["pixel_mask"] = torch.nn.functional.pad(
-                    item["pixel_mask"], (0, width - w, 0, height - h)
-                )
-        padded.append(item)
-    return padded
+def forward_by_size(
+    model: Any,
+    pixel_values: list[torch.Tensor],
+    pixel_masks: list[torch.Tensor | None],
+    group_same_size: bool = False,
+) -> list[tuple[list[int], Any]]:
+    """Run `model` on single-image inputs ((1, 3, H, W) each, each padded to its own size) so that no
+    image gets extra padding from another. By default each image runs alone: its result is bit for bit
+    the one of batch size 1. `group_same_size=True` batches images of the same padded size (faster on a
+    GPU; the padding is still each image's own, but a batched forward rounds differently: about 1e-3 on
+    the mask logits on CPU, which can flip a borderline pixel). Returns [(indices into the inputs, the
+    model outputs of those images)]."""
+    groups: dict[Any, list[int]] = {}
+    for index, values in enumerate(pixel_values):
+        key = tuple(values.shape[1:]) if group_same_size else index
+        groups.setdefault(key, []).append(index)
+    results = []
+    for indices in groups.values():
+        masks = [pixel_masks[i] for i in indices]
+        outputs = model(
+            pixel_values=torch.cat([pixel_values[i] for i in indices]),
+            pixel_mask=None if any(m is None for m in masks) else torch.cat(masks),
+        )
+        results.append((indices, outputs))
+    return results
 
 
 def _mask_image(mask: torch.Tensor | np.ndarray) -> PIL.Image.Image:
@@ -145,14 +161,13 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
         forward_params: dict,
         postprocess_params: dict,
     ) -> Any:
-        """The stock iterator, but batches of differently sized images are padded (see the module
-        docstring) instead of failing to concatenate."""
+        """The stock iterator, but a batch keeps each image at its own padded size (see the module
+        docstring): the collated batch holds lists, and `_forward` groups them by size."""
         if batch_size == 1 or not _is_m2f(self.model.config):
             return super().get_iterator(
                 inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
             )
         from torch.utils.data import DataLoader
-        from transformers.pipelines.base import pad_collate_fn
         from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
         if isinstance(inputs, Sized):
@@ -160,14 +175,41 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
         else:
             dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
             num_workers = min(num_workers, 1)
-        stock_collate = pad_collate_fn(None, self.image_processor)
 
         def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-            return stock_collate(_pad_to_batch(items))
+            return {key: [item[key] for item in items] for key in items[0]}
 
         loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
         model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def preprocess(self, image: Any, subtask: str | None = None, timeout: float | None = None) -> Any:
+        if not _is_m2f(self.model.config):
+            return super().preprocess(image, subtask=subtask, timeout=timeout)
+        from .processing_image_io import load_image
+
+        inputs = self.image_processor(images=[load_image(image, timeout=timeout)], return_tensors="pt")
+        inputs = inputs.to(self.dtype)
+        inputs["target_size"] = [tuple(int(v) for v in inputs["original_sizes"][0])]
+        return {key: inputs[key] for key in ("pixel_values", "pixel_mask", "target_size")}
+
+    def _forward(self, model_inputs: dict[str, Any]) -> Any:
+        if not isinstance(model_inputs.get("pixel_values"), list):
+            return super()._forward(model_inputs)
+        # a batch from `get_iterator`: per-image lists, run grouped by padded size; per-image outputs
+        count = len(model_inputs["pixel_values"])
+        outputs: dict[str, list[Any]] = {
+            key: [None] * count for key in ("class_queries_logits", "masks_queries_logits", "image_sizes")
+        }
+        for indices, group in forward_by_size(
+            self.model, model_inputs["pixel_values"], model_inputs["pixel_mask"]
+        ):
+            for key, values in outputs.items():
+                field = getattr(group, key)
+                for row, index in enumerate(indices):
+                    values[index] = None if field is None else field[row]
+        outputs["target_size"] = model_inputs["target_size"]  # per image [(H, W)]
+        return outputs
 
     def postprocess(
         self,
@@ -213,6 +255,37 @@ class M2fHfImageSegmentationPipeline(ImageSegmentationPipeline):
         ]
 
 
+class CheckpointLoadError(Exception):
+    """An m2f_hf checkpoint that `pipeline(...)` cannot load (missing or broken weights). Deliberately not
+    an OSError / ValueError: transformers' pipeline factory catches those and goes on to try every class
+    named in `config.architectures`, which for m2f_hf is transformers' own, incompatible Mask2Former."""
+
+
+class M2fHfPipelineModelLoader:
+    """The first model class `pipeline("image-segmentation", model=PATH)` tries (see
+    `register_segmentation_pipeline`): m2f_hf checkpoints load through the Auto classes (so remote code
+    and registration work as usual) and a failure ends in `CheckpointLoadError` naming the folder and the
+    cause; other checkpoints are declined with a ValueError and the stock classes load them."""
+
+    @classmethod
+    def from_pretrained(cls, model: str, **kwargs: Any) -> Any:
+        from transformers import AutoModelForImageSegmentation, PreTrainedConfig
+
+        try:
+            config_dict, _ = PreTrainedConfig.get_config_dict(model)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"no readable config in {model!r}") from exc
+        if config_dict.get("model_type") != Mask2FormerConfig.model_type:
+            raise ValueError(f"{model!r} is not an m2f_hf checkpoint")
+        try:
+            return AutoModelForImageSegmentation.from_pretrained(model, **kwargs)
+        except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
+            lines = str(exc).strip().splitlines()
+            raise CheckpointLoadError(
+                f"cannot load the m2f_hf model {model!r}: {lines[0] if lines else type(exc).__name__}"
+            ) from exc
+
+
 def register_segmentation_pipeline() -> None:
     """Make `pipeline("image-segmentation")` build `M2fHfImageSegmentationPipeline` (idempotent).
 
@@ -236,4 +309,11 @@ def register_segmentation_pipeline() -> None:
             impl,
         )
         return
-    PIPELINE_REGISTRY.supported_tasks[TASK_NAME] = {**entry, "impl": M2fHfImageSegmentationPipeline}
+    # m2f_hf checkpoints load (or fail clearly) before transformers tries its own Mask2Former, which
+    # shares the class name in `config.architectures`
+    stock_classes = tuple(c for c in entry.get("pt", ()) if c is not M2fHfPipelineModelLoader)
+    PIPELINE_REGISTRY.supported_tasks[TASK_NAME] = {
+        **entry,
+        "impl": M2fHfImageSegmentationPipeline,
+        "pt": (M2fHfPipelineModelLoader, *stock_classes),
+    }

@@ -288,7 +288,7 @@ def _candidate_classes(class_probs: torch.Tensor) -> tuple[torch.Tensor, torch.T
     mass = class_probs.sum(dim=0)
     order = mass.argsort(descending=True)
     count = int((mass > CANDIDATE_MASS).sum())
-    if count >= 0.75 * num_classes:
+    if count == 0 or count >= 0.75 * num_classes:  # no class stands out (e.g. all mass on "no object")
         return None
     candidates = order[:count].sort().values
     return candidates, class_probs.t()[candidates].contiguous(), float(mass[order[count]])
@@ -752,6 +752,17 @@ def _field(outputs: Any, name: str) -> Any:
     return value
 
 
+def target_size(size: Any, index: int = 0) -> tuple[int, int]:
+    """One entry of `target_sizes` as (H, W) ints, both positive (else a ValueError naming it)."""
+    try:
+        values = [float(v) for v in (size.tolist() if hasattr(size, "tolist") else size)]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"target_sizes[{index}] must be a (height, width) pair, got {size!r}") from exc
+    if len(values) != 2 or not all(math.isfinite(v) and v == int(v) and v > 0 for v in values):
+        raise ValueError(f"target_sizes[{index}] must be two positive integers (height, width), got {size!r}")
+    return int(values[0]), int(values[1])
+
+
 def unpack_outputs(
     outputs: Any, target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
@@ -789,7 +800,7 @@ def unpack_outputs(
     else:
         if isinstance(target_sizes, torch.Tensor):
             target_sizes = target_sizes.tolist()
-        targets = [tuple(int(v) for v in s) for s in target_sizes]
+        targets = [target_size(s, i) for i, s in enumerate(target_sizes)]
         if len(targets) != batch:
             raise ValueError(f"got {len(targets)} target sizes for a batch of {batch}")
     return class_logits, mask_logits, crops, targets
