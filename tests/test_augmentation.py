@@ -20,11 +20,11 @@ from m2f_hf.training_augmentation import (
     FlipTransform,
     PadToSize,
     PadTransform,
+    Random,
     RandomCropCategoryAreaConstraint,
     ResizeScale,
     ResizeShortestEdge,
     ResizeTransform,
-    _Random,
     hsv_to_rgb_uint8,
     large_scale_jitter,
     rgb_to_hsv_uint8,
@@ -281,7 +281,7 @@ def test_category_area_constraint():
 
 
 def _random(rng):
-    return _Random(rng)
+    return Random(rng)
 
 
 # --------------------------------------------------------------------------------------------- colour jitter

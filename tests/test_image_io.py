@@ -205,7 +205,7 @@ def test_good_target_sizes_give_those_sizes(processor):
         ("num_queries", 2.5, "num_queries must be an integer"),
         ("hidden_dim", True, "hidden_dim must be an integer"),
         ("dropout", "none", "dropout must be a number"),
-        ("object_mask_threshold", 3.0, "object_mask_threshold must lie in"),
+        ("dropout", 3.0, "dropout must lie in"),
         ("pre_norm", "yes", "pre_norm must be true or false"),
         ("thing_ids", [0, "car"], "thing_ids must be a list of integers"),
     ],

@@ -67,7 +67,6 @@ POSITIVE_FIELDS = (
     "decoder_layers",
     "num_queries",
     "train_num_points",
-    "test_topk_per_image",
 )
 NON_NEGATIVE_FIELDS = (
     "encoder_layers",
@@ -82,8 +81,6 @@ NON_NEGATIVE_FIELDS = (
 UNIT_INTERVAL_FIELDS = (
     "dropout",
     "importance_sample_ratio",
-    "object_mask_threshold",
-    "overlap_threshold",
 )
 _TYPE_CHECKS = {
     "int": ((int,), "an integer"),

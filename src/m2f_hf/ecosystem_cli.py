@@ -460,6 +460,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         image=args.image,
         device=args.device,
         contours=args.contours,
+        predict=predict,
     )
     return 0
 

@@ -11,7 +11,7 @@ enlarged to `DEMO_SIZE` for display (the processor resizes it back to 128 px for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,15 @@ def run_demo(
     device: str = "cpu",
     contours: bool = False,
     size: int = DEMO_SIZE,
+    *,
+    predict: Callable[..., Any],
 ) -> dict[str, dict[str, Any]]:
     """Write the demo scene (or `image`) and one overlay (with legend) and JSON per task into `output`;
-    print a summary; return {task: {"overlay", "json", "segments"}}."""
+    print a summary; return {task: {"overlay", "json", "segments"}}. `predict` is the command line's
+    `predict` (handed in, so this module does not import the command line that imports it)."""
     import json
 
     from .configuration_m2f import Mask2FormerConfig
-    from .ecosystem_cli import predict
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

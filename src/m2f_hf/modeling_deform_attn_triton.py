@@ -236,9 +236,16 @@ class TritonDeformableSample(torch.autograd.Function):
 
 
 def __getattr__(name: str):
-    # `use_triton` lives with the PyTorch path it falls back to; the old import path keeps working
+    # `use_triton` lives with the PyTorch path it falls back to; the old import path keeps working (by
+    # name, so that this module does not import the one that imports it)
     if name == "use_triton":
-        from .modeling_deform_attn import use_triton
+        import importlib
+        import warnings
 
-        return use_triton
+        warnings.warn(
+            f"`{__name__}.use_triton` moved to `modeling_deform_attn.use_triton`",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module(f"{__package__}.modeling_deform_attn").use_triton
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

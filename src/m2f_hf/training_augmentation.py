@@ -60,11 +60,11 @@ NEAREST_BACKENDS = ("pil", "torch")
 
 
 # --------------------------------------------------------------------------------------------- randomness
-class _Random:
+class Random:
     """One interface over numpy `Generator`, legacy `RandomState` (detectron2's stream), `torch.Generator`."""
 
     def __init__(self, rng: Any = None) -> None:
-        if isinstance(rng, _Random):
+        if isinstance(rng, Random):
             rng = rng.rng
         if rng is None or isinstance(rng, (int, np.integer)):
             rng = np.random.default_rng(rng)
@@ -330,7 +330,7 @@ class Augmentation(Protocol):
     """Draws transforms for the current image (and semantic map, for category-aware crops)."""
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]: ...
 
 
@@ -349,7 +349,7 @@ class RandomFlip:
             raise ValueError(f"flip probability must be in [0, 1], got {self.prob}")
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         if rng.uniform(0.0, 1.0) < self.prob:
             return [FlipTransform(horizontal=self.horizontal)]
@@ -375,7 +375,7 @@ class ResizeScale:
         return int(np.round(height * factor)), int(np.round(width * factor))
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         height, width = image.shape[:2]
         new_h, new_w = self.output_size(height, width, rng.uniform(self.min_scale, self.max_scale))
@@ -394,7 +394,7 @@ class FixedSizeCrop:
     pad_value: int = 128
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         height, width = image.shape[:2]
         crop_h, crop_w = self.crop_size
@@ -430,7 +430,7 @@ class ResizeShortestEdge:
         return resized_shape(height, width, short, max_size)
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         height, width = image.shape[:2]
         if self.sample_style == "range":
@@ -455,7 +455,7 @@ class RandomCrop:
         if self.crop_type not in ("relative_range", "relative", "absolute", "absolute_range"):
             raise ValueError(f"unknown crop_type {self.crop_type!r}")
 
-    def crop_hw(self, height: int, width: int, rng: _Random) -> tuple[int, int]:
+    def crop_hw(self, height: int, width: int, rng: Random) -> tuple[int, int]:
         if self.crop_type == "relative":
             ch, cw = self.crop_size
             return int(height * ch + 0.5), int(width * cw + 0.5)
@@ -474,7 +474,7 @@ class RandomCrop:
         return ch, cw
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         height, width = image.shape[:2]
         crop_h, crop_w = self.crop_hw(height, width, rng)
@@ -497,7 +497,7 @@ class RandomCropCategoryAreaConstraint:
         self._crop = RandomCrop(self.crop_type, self.crop_size)
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         if self.single_category_max_area >= 1.0:
             return self._crop.get_transforms(image, semantic_map, rng)
@@ -529,7 +529,7 @@ class ColorAugSSD:
     hue_delta: int = 18
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         brightness = None
         if rng.integer(2):
@@ -562,7 +562,7 @@ class PadToSize:
     pad_value: int = 128
 
     def get_transforms(
-        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: _Random
+        self, image: np.ndarray, semantic_map: np.ndarray | None, rng: Random
     ) -> list[Transform]:
         height, width = image.shape[:2]
         if height > self.size or width > self.size:
@@ -654,7 +654,7 @@ class AugmentationPipeline:
         }
         nearest = {"semantic_map": "torch", "instance_map": "pil", "panoptic_map": "pil", "masks": "pil"}
 
-        random = _Random(rng)
+        random = Random(rng)
         applied: list[Transform] = []
         for augmentation in self.augmentations:
             for transform in augmentation.get_transforms(image, labels.get("semantic_map"), random):

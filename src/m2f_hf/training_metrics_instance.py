@@ -21,7 +21,7 @@ ArrayLike = torch.Tensor | np.ndarray
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def _mask_utils():
+def load_mask_utils():
     try:
         from pycocotools import mask as mask_utils
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -31,7 +31,7 @@ def _mask_utils():
     return mask_utils
 
 
-def _to_numpy(x: ArrayLike | Sequence, name: str) -> np.ndarray:
+def to_numpy(x: ArrayLike | Sequence, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
@@ -41,9 +41,9 @@ def _to_numpy(x: ArrayLike | Sequence, name: str) -> np.ndarray:
     raise TypeError(f"{name} must be a torch.Tensor, numpy.ndarray or sequence, got {type(x).__name__}")
 
 
-def _as_masks(x: ArrayLike, name: str) -> np.ndarray:
+def as_masks(x: ArrayLike, name: str) -> np.ndarray:
     """(N, H, W) binary masks as uint8; integer/bool 0/1 values only (threshold logits before calling)."""
-    m = _to_numpy(x, name)
+    m = to_numpy(x, name)
     if m.ndim != 3:
         raise ValueError(f"{name} must be (N, H, W) binary masks, got shape {m.shape}")
     if m.dtype != np.bool_:
@@ -61,8 +61,8 @@ def masks_to_rle(masks: ArrayLike) -> list[dict[str, Any]]:
     starting with background, which is why the masks are handed to pycocotools as a Fortran-ordered
     (H, W, N) array.
     """
-    m = _as_masks(masks, "masks")
-    rles = _mask_utils().encode(np.asfortranarray(m.transpose(1, 2, 0)))
+    m = as_masks(masks, "masks")
+    rles = load_mask_utils().encode(np.asfortranarray(m.transpose(1, 2, 0)))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
@@ -117,18 +117,18 @@ class InstanceSegmentationEvaluator:
             gt_areas: (M,) areas used for the small / medium / large split; default the mask pixel counts
                 (COCO annotation files store the polygon area instead: pass it to reproduce them exactly).
         """
-        mask_utils = _mask_utils()
-        pm = _as_masks(pred_masks, "pred_masks")
-        gm = _as_masks(gt_masks, "gt_masks")
+        mask_utils = load_mask_utils()
+        pm = as_masks(pred_masks, "pred_masks")
+        gm = as_masks(gt_masks, "gt_masks")
         if pm.shape[1:] != gm.shape[1:]:
             raise ValueError(
                 f"pred_masks are {pm.shape[1:]} per mask but gt_masks are {gm.shape[1:]}; pass (0, H, W) "
                 "arrays for images without predictions / ground truth"
             )
         height, width = gm.shape[1:]
-        scores = _to_numpy(pred_scores, "pred_scores").astype(np.float64).reshape(-1)
-        labels = _to_numpy(pred_labels, "pred_labels").reshape(-1)
-        g_labels = _to_numpy(gt_labels, "gt_labels").reshape(-1)
+        scores = to_numpy(pred_scores, "pred_scores").astype(np.float64).reshape(-1)
+        labels = to_numpy(pred_labels, "pred_labels").reshape(-1)
+        g_labels = to_numpy(gt_labels, "gt_labels").reshape(-1)
         n, m = pm.shape[0], gm.shape[0]
         if scores.shape[0] != n or labels.shape[0] != n:
             raise ValueError(f"{n} predicted masks but {scores.shape[0]} scores and {labels.shape[0]} labels")
@@ -139,7 +139,7 @@ class InstanceSegmentationEvaluator:
         crowd = (
             np.zeros(m, dtype=np.int64)
             if gt_iscrowd is None
-            else _to_numpy(gt_iscrowd, "gt_iscrowd").astype(np.int64).reshape(-1)
+            else to_numpy(gt_iscrowd, "gt_iscrowd").astype(np.int64).reshape(-1)
         )
         if crowd.shape[0] != m:
             raise ValueError(f"{m} ground-truth masks but {crowd.shape[0]} iscrowd flags")
@@ -153,7 +153,7 @@ class InstanceSegmentationEvaluator:
         if gt_areas is None:
             areas = [float(a) for a in mask_utils.area(gt_rles)] if m else []
         else:
-            areas = [float(a) for a in _to_numpy(gt_areas, "gt_areas").reshape(-1)]
+            areas = [float(a) for a in to_numpy(gt_areas, "gt_areas").reshape(-1)]
             if len(areas) != m:
                 raise ValueError(f"{m} ground-truth masks but {len(areas)} areas")
         dt_rles = masks_to_rle(pm) if n else []

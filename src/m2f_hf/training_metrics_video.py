@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .training_metrics_instance import _as_masks, _mask_utils, _to_numpy
+from .training_metrics_instance import as_masks, load_mask_utils, to_numpy
 
 ArrayLike = torch.Tensor | np.ndarray
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -70,13 +70,13 @@ class VideoTracks:
 
 
 def _rle_area(rle: RLE | None) -> int:
-    return 0 if rle is None else int(_mask_utils().area(rle))
+    return 0 if rle is None else int(load_mask_utils().area(rle))
 
 
 def _decode(rle: RLE | None, height: int, width: int) -> np.ndarray:
     if rle is None:
         return np.zeros(height * width, dtype=bool)
-    return _mask_utils().decode([rle])[:, :, 0].astype(bool).reshape(-1, order="F")
+    return load_mask_utils().decode([rle])[:, :, 0].astype(bool).reshape(-1, order="F")
 
 
 def spatio_temporal_iou(video: VideoTracks, dts: Sequence[Track], gts: Sequence[Track]) -> np.ndarray:
@@ -243,7 +243,7 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ json input
 def _segmentation_to_rle(segm: Any, height: int, width: int, where: str) -> RLE | None:
     """A YouTube-VIS per-frame segmentation (None, polygons, compressed or uncompressed RLE) as RLE."""
-    mask_utils = _mask_utils()
+    mask_utils = load_mask_utils()
     if segm is None or (isinstance(segm, list) and not segm):
         return None
     if isinstance(segm, list):
@@ -310,14 +310,14 @@ def evaluate_ytvis(gt: dict[str, Any] | str | Path, results: Sequence[dict[str, 
 
 # ---------------------------------------------------------------------------------------- evaluator
 def _video_masks(x: ArrayLike, name: str) -> np.ndarray:
-    m = _to_numpy(x, name)
+    m = to_numpy(x, name)
     if m.ndim != 4:
         raise ValueError(f"{name} must be (N, T, H, W) binary masks, got shape {m.shape}")
-    return _as_masks(m.reshape(-1, *m.shape[2:]), name).reshape(m.shape)
+    return as_masks(m.reshape(-1, *m.shape[2:]), name).reshape(m.shape)
 
 
 def _encode_track(masks: np.ndarray, present: np.ndarray | None = None) -> list[RLE | None]:
-    rles = _mask_utils().encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    rles = load_mask_utils().encode(np.asfortranarray(masks.transpose(1, 2, 0)))
     return [None if present is not None and not present[f] else r for f, r in enumerate(rles)]
 
 
@@ -367,9 +367,9 @@ class VideoInstanceSegmentationEvaluator:
         gm = _video_masks(gt_masks, "gt_masks")
         if pm.shape[1:] != gm.shape[1:]:
             raise ValueError(f"pred_masks are {pm.shape[1:]} per track but gt_masks are {gm.shape[1:]}")
-        scores = _to_numpy(pred_scores, "pred_scores").astype(np.float64).reshape(-1)
-        labels = _to_numpy(pred_labels, "pred_labels").reshape(-1)
-        g_labels = _to_numpy(gt_labels, "gt_labels").reshape(-1)
+        scores = to_numpy(pred_scores, "pred_scores").astype(np.float64).reshape(-1)
+        labels = to_numpy(pred_labels, "pred_labels").reshape(-1)
+        g_labels = to_numpy(gt_labels, "gt_labels").reshape(-1)
         n, m = pm.shape[0], gm.shape[0]
         if scores.shape[0] != n or labels.shape[0] != n:
             raise ValueError(
@@ -387,12 +387,12 @@ class VideoInstanceSegmentationEvaluator:
         present = (
             gm.reshape(m, gm.shape[1], gm.shape[2] * gm.shape[3]).any(-1)
             if gt_present is None
-            else _to_numpy(gt_present, "gt_present").astype(bool)
+            else to_numpy(gt_present, "gt_present").astype(bool)
         )
         if present.shape != (m, gm.shape[1]):
             raise ValueError(f"gt_present must be (M, T) = {(m, gm.shape[1])}, got {present.shape}")
         crowd = (
-            np.zeros(m, np.int64) if gt_iscrowd is None else _to_numpy(gt_iscrowd, "gt_iscrowd").reshape(-1)
+            np.zeros(m, np.int64) if gt_iscrowd is None else to_numpy(gt_iscrowd, "gt_iscrowd").reshape(-1)
         )
         if crowd.shape[0] != m:
             raise ValueError(f"{m} ground-truth tracks but {crowd.shape[0]} iscrowd flags")

@@ -82,7 +82,7 @@ CATEGORY_ID_TO_CONTIGUOUS: dict[int, int] = {c["id"]: i for i, c in enumerate(SY
 
 
 # ------------------------------------------------------------------------------------------------ drawing
-def _stuff_layout(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def stuff_layout(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Sky above a wavy horizon, grass below, and sometimes a wall block standing on the horizon."""
     xs = np.arange(width)
     horizon = rng.uniform(0.3, 0.6) * height + rng.uniform(0.0, 0.06) * height * np.sin(
@@ -99,7 +99,7 @@ def _stuff_layout(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return layout
 
 
-def _stuff_texture(rng: np.random.Generator, layout: np.ndarray) -> np.ndarray:
+def stuff_texture(rng: np.random.Generator, layout: np.ndarray) -> np.ndarray:
     """Gradient sky, noisy grass, striped brick wall."""
     height, width = layout.shape
     rows = np.arange(height, dtype=np.float32)[:, None] / max(height - 1, 1)
@@ -135,7 +135,7 @@ class ShapeParams:
         return replace(self, cy=self.cy + dy, cx=self.cx + dx, angle=self.angle + dangle)
 
 
-def _shape_params(rng: np.random.Generator, class_id: int, height: int, width: int) -> ShapeParams:
+def shape_params(rng: np.random.Generator, class_id: int, height: int, width: int) -> ShapeParams:
     """Random geometry of a shape of the given thing class (the draws of the image generator, in order)."""
     scale = min(height, width)
     cy, cx = rng.uniform(0.1, 0.9) * height, rng.uniform(0.1, 0.9) * width
@@ -152,7 +152,7 @@ def _shape_params(rng: np.random.Generator, class_id: int, height: int, width: i
     return ShapeParams(class_id, float(cy), float(cx), float(size), float(angle), extra)
 
 
-def _draw_shape(shape: ShapeParams, height: int, width: int) -> np.ndarray:
+def draw_shape(shape: ShapeParams, height: int, width: int) -> np.ndarray:
     """Boolean (height, width) mask of a shape (it may lie partly or wholly outside the frame)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     cy, cx, size, angle = shape.cy, shape.cx, shape.size, shape.angle
@@ -180,7 +180,7 @@ def _draw_shape(shape: ShapeParams, height: int, width: int) -> np.ndarray:
 
 def _shape_mask(rng: np.random.Generator, class_id: int, height: int, width: int) -> np.ndarray:
     """Boolean mask of one random shape of the given thing class."""
-    return _draw_shape(_shape_params(rng, class_id, height, width), height, width)
+    return draw_shape(shape_params(rng, class_id, height, width), height, width)
 
 
 def _shape_color(rng: np.random.Generator, class_id: int, palette: str) -> np.ndarray:
@@ -227,8 +227,8 @@ def make_synthetic_sample(
         raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
-    layout = _stuff_layout(rng, height, width)
-    image = _stuff_texture(rng, layout)
+    layout = stuff_layout(rng, height, width)
+    image = stuff_texture(rng, layout)
 
     # Paint shapes back to front: later shapes occlude earlier ones.
     painted = np.zeros((height, width), dtype=np.int32)
@@ -256,7 +256,7 @@ def make_synthetic_sample(
     # Pixels of dropped shapes fall back to the stuff below (labels and texture alike).
     dropped = (painted > 0) & (instance_map == 0)
     if dropped.any():
-        image[dropped] = _stuff_texture(np.random.default_rng(0), layout)[dropped]
+        image[dropped] = stuff_texture(np.random.default_rng(0), layout)[dropped]
 
     semantic_map = layout.copy()
     for instance_id, class_id in instance_id_to_semantic_id.items():

@@ -26,11 +26,11 @@ from .training_synthetic import (
     ID2LABEL,
     THING_CLASSES,
     THING_IDS,
-    _bbox,
-    _draw_shape,
-    _shape_params,
-    _stuff_layout,
-    _stuff_texture,
+    bbox,
+    draw_shape,
+    shape_params,
+    stuff_layout,
+    stuff_texture,
 )
 
 VIDEO_CATEGORIES: list[dict[str, Any]] = [
@@ -78,14 +78,14 @@ def make_synthetic_video(
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1)))
-    layout = _stuff_layout(rng, height, width)
-    background = _stuff_texture(rng, layout)
+    layout = stuff_layout(rng, height, width)
+    background = stuff_texture(rng, layout)
     scale = min(height, width)
 
     objects = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         class_id = int(rng.choice(THING_IDS))
-        shape = _shape_params(rng, class_id, height, width)
+        shape = shape_params(rng, class_id, height, width)
         velocity = rng.uniform(-1.0, 1.0, 2) * speed * scale
         spin = float(rng.uniform(-0.1, 0.1))
         color = rng.uniform(20, 235, 3).astype(np.float32)
@@ -105,7 +105,7 @@ def make_synthetic_video(
         for k, (_, shape, velocity, spin, color, start, stop) in enumerate(objects):
             if not start <= f < stop:
                 continue
-            mask = _draw_shape(shape.moved(velocity[0] * f, velocity[1] * f, spin * f), height, width)
+            mask = draw_shape(shape.moved(velocity[0] * f, velocity[1] * f, spin * f), height, width)
             image[mask] = np.broadcast_to(color + shade, (height, width, 3))[mask]
             painted[mask] = k + 1
         for k in range(len(objects)):
@@ -124,7 +124,7 @@ def make_synthetic_video(
         for f in range(num_frames):
             m = visible[k, f]
             segms.append(_rle(m) if m.any() else None)
-            boxes.append(_bbox(m) if m.any() else None)
+            boxes.append(bbox(m) if m.any() else None)
             areas.append(int(m.sum()) if m.any() else None)
         annotations.append(
             {

@@ -41,11 +41,11 @@ from PIL import Image
 
 from .training_augmentation import (
     FlipTransform,
+    Random,
     RandomFlip,
     ResizeShortestEdge,
     ResizeTransform,
     Transform,
-    _Random,
 )
 
 Segmentation = dict[str, Any] | list[list[float]]
@@ -185,7 +185,7 @@ def sample_clip_frames(
         raise ValueError(f"video length must be >= 1, got {length}")
     if num_frames < 1 or frame_range < 0:
         raise ValueError(f"need num_frames >= 1 and frame_range >= 0, got {num_frames}, {frame_range}")
-    random = _Random(rng)
+    random = Random(rng)
     ref = random.integer(length)
     candidates = list(range(max(0, ref - frame_range), ref)) + list(
         range(ref + 1, min(length, ref + frame_range + 1))
@@ -244,7 +244,7 @@ class ClipAugmentation:
     def draw(self, height: int, width: int, num_frames: int, rng: Any = None) -> list[list[Transform]]:
         """The transforms of every frame of a clip of (height, width) frames, in the original draw order
         (resize then flip for the first frame, then a flip per later frame unless it is drawn per clip)."""
-        random = _Random(rng)
+        random = Random(rng)
         probe = np.zeros((height, width, 1), dtype=np.uint8)  # the draws only look at the size
         resize: list[Transform] = []
         flip: list[Transform] = []
