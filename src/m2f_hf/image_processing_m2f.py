@@ -77,9 +77,13 @@ class M2fHfImageProcessorKwargs(ImagesKwargs, total=False):
     test_topk_per_image (`int`): instance detections per image (TEST.DETECTIONS_PER_IMAGE).
     sem_seg_postprocess_before_inference (`bool`): resize the mask logits before the semantic rule
         (True) or the semantic score map after it (False); the original's flag of the same name.
+    size_divisor (`int`): transformers' name for `size_divisibility`; when given it wins (0 = no rounding).
+    num_labels (`int`): number of classes; segmentation-map classes outside [0, num_labels) are refused.
     """
 
     size_divisibility: int
+    size_divisor: int | None
+    num_labels: int | None
     ignore_index: int | None
     do_reduce_labels: bool
     thing_ids: list[int] | None
@@ -211,6 +215,35 @@ def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarra
     return resized.numpy().astype(label_map.dtype)
 
 
+def _alias_reduce_labels(kwargs: dict) -> None:
+    """`reduce_labels` (transformers' deprecated name) → `do_reduce_labels`, with a FutureWarning."""
+    if "reduce_labels" in kwargs:
+        import warnings
+
+        value = kwargs.pop("reduce_labels")
+        warnings.warn(
+            "`reduce_labels` is deprecated, use `do_reduce_labels` instead", FutureWarning, stacklevel=3
+        )
+        if "do_reduce_labels" in kwargs and kwargs["do_reduce_labels"] != value:
+            raise ValueError("reduce_labels and do_reduce_labels disagree")
+        kwargs["do_reduce_labels"] = value
+
+
+def _channel_count(image: Any, input_data_format: ChannelDimension | str | None) -> int:
+    """Channels of an input image as given (before any RGB conversion)."""
+    if isinstance(image, str):
+        image = load_image(image)
+    if isinstance(image, PIL.Image.Image):
+        return len(image.getbands())
+    shape = tuple(image.shape)
+    if len(shape) == 2:
+        return 1
+    if input_data_format is not None:
+        first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
+        return shape[0] if first else shape[-1]
+    return shape[0] if shape[0] in (1, 2, 3, 4) else shape[-1]
+
+
 def _field(outputs: Any, name: str) -> Any:
     value = getattr(outputs, name, None)
     if value is None and isinstance(outputs, Mapping):
@@ -249,8 +282,19 @@ class M2fHfImageProcessor(PilBackend):
     overlap_threshold = 0.8
     test_topk_per_image = 100
     sem_seg_postprocess_before_inference = True
+    size_divisor = None
+    num_labels = None
 
     def __init__(self, **kwargs: Any) -> None:
+        # transformers' Mask2FormerImageProcessor arguments: `max_size` caps the longest edge, the deprecated
+        # `reduce_labels` is `do_reduce_labels`, `size_divisor` is our `size_divisibility`
+        _alias_reduce_labels(kwargs)
+        max_size = kwargs.pop("max_size", None)
+        if max_size is not None:
+            size = dict(kwargs.get("size") or self.size)
+            kwargs["size"] = {**size, "longest_edge": int(max_size)}
+        if kwargs.get("size_divisor") is not None:
+            kwargs["size_divisibility"] = kwargs.pop("size_divisor")
         super().__init__(**kwargs)
         if self.thing_ids is not None:
             self.thing_ids = sorted({int(i) for i in self.thing_ids})
@@ -269,7 +313,17 @@ class M2fHfImageProcessor(PilBackend):
         instance_id_to_semantic_id: list[dict[int, int]] | dict[int, int] | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Preprocess one image or a list of images (and optional segmentation maps for training)."""
+        """Preprocess one image or a list of images (and optional segmentation maps for training).
+
+        Every argument transformers' Mask2Former processor takes is honoured or refused with a message:
+        `max_size` caps the longest edge, `reduce_labels` is `do_reduce_labels` (deprecated name),
+        `size_divisor` replaces `size_divisibility`, `do_convert_rgb=False` needs 3-channel inputs,
+        `do_pad=False` needs equal resized sizes, `do_center_crop` is refused, `device` moves the tensors.
+        An unknown argument raises TypeError (as transformers' processors do)."""
+        _alias_reduce_labels(kwargs)
+        max_size = kwargs.pop("max_size", None)
+        if max_size is not None:
+            kwargs["size"] = {**dict(kwargs.get("size") or self.size), "longest_edge": int(max_size)}
         return super().preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
 
     def _preprocess_image_like_inputs(
@@ -289,6 +343,15 @@ class M2fHfImageProcessor(PilBackend):
             image_list = [images]
         if not image_list:
             raise ValueError("no images given")
+        if kwargs.pop("do_convert_rgb", True) is False:
+            for i, image in enumerate(image_list):
+                channels = _channel_count(image, input_data_format)
+                if channels != 3:
+                    raise ValueError(
+                        f"do_convert_rgb=False but image {i} has {channels} channels: the model reads "
+                        "3-channel RGB, so only RGB inputs can skip the conversion (leave "
+                        "do_convert_rgb=True to drop alpha and replicate gray as the original does)"
+                    )
         arrays = [_to_rgb_uint8(image, i, input_data_format) for i, image in enumerate(image_list)]
         maps = None
         if segmentation_maps is not None:
@@ -316,8 +379,24 @@ class M2fHfImageProcessor(PilBackend):
         return_tensors: str | None = None,
         pad_size: Any = None,
         data_format: ChannelDimension | str | None = None,
+        size_divisor: int | None = None,
+        num_labels: int | None = None,
+        do_pad: bool | None = None,
+        do_center_crop: bool | None = None,
+        device: Any = None,
         **kwargs: Any,
     ) -> BatchFeature:
+        if do_center_crop:
+            raise ValueError(
+                "do_center_crop is not supported: Mask2Former resizes the shortest edge and pads, as the "
+                "original (and transformers' Mask2Former) does; crop the images before the processor"
+            )
+        if do_reduce_labels and ignore_index is None:
+            raise ValueError("If `do_reduce_labels` is True, `ignore_index` must be provided.")
+        if size_divisor is not None:
+            if int(size_divisor) < 0:
+                raise ValueError(f"size_divisor must be >= 0, got {size_divisor}")
+            size_divisibility = int(size_divisor)
         if data_format is not None and ChannelDimension(data_format) != ChannelDimension.FIRST:
             raise ValueError(
                 f"pixel_values are always channels-first; data_format={data_format!r} is not supported"
@@ -342,6 +421,15 @@ class M2fHfImageProcessor(PilBackend):
         max_h = max(h for h, _ in image_sizes)
         max_w = max(w for _, w in image_sizes)
         divisor = int(size_divisibility or 0)
+        if do_pad is False:
+            if len(set(image_sizes)) > 1:
+                raise ValueError(
+                    f"do_pad=False but the resized images differ in size ({sorted(set(image_sizes))}); "
+                    "a batch needs padding (pixel_mask marks it): pass do_pad=True or one image at a time"
+                )
+            divisor = 0
+            if pad_size is not None:
+                raise ValueError("pad_size needs do_pad=True")
         if pad_size is not None:  # an explicit pad size replaces the rounding to size_divisibility
             if not (pad_size.height and pad_size.width) or pad_size.height < max_h or pad_size.width < max_w:
                 raise ValueError(
@@ -390,8 +478,19 @@ class M2fHfImageProcessor(PilBackend):
                 ignore_index,
                 do_reduce_labels,
             )
+            if num_labels is not None:
+                for i, classes in enumerate(class_labels):
+                    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= int(num_labels)):
+                        raise ValueError(
+                            f"segmentation map {i} has classes {classes.tolist()} outside [0, num_labels="
+                            f"{num_labels})"
+                        )
             encoded["mask_labels"] = mask_labels
             encoded["class_labels"] = class_labels
+        if device is not None:
+            if return_tensors != "pt":
+                raise ValueError(f"device={device!r} needs return_tensors='pt'")
+            encoded = encoded.to(device)
         return encoded
 
     def _targets(
