@@ -283,7 +283,7 @@ def build_model_card(
     elif backbone == "swin":
         backbone = f"Swin (embed dim {config.backbone_config['embed_dim']})"
     else:
-        backbone = f"transformers {config.backbone_config.get('model_type')}"
+        backbone = f"transformers {getattr(config.backbone_config, 'model_type', None)}"
     facts = [
         f"- **Architecture:** Mask2Former, {backbone} backbone, {config.num_queries} queries, "
         f"{config.decoder_layers - 1} masked-attention decoder layers, hidden size {config.hidden_dim}",
