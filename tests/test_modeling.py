@@ -134,9 +134,7 @@ def _count_runs(watched: dict) -> dict:
 
 
 def _watched_layers(model, kind: str) -> dict:
-    first_block = (
-        model.backbone.layers[0].blocks[0].norm1 if kind == "swin" else model.backbone.res2[0].conv1
-    )
+    first_block = model.backbone.layers[0].blocks[0].norm1 if kind == "swin" else model.backbone.res2[0].conv1
     decoder = model.transformer_decoder
     return {
         "backbone": first_block,

@@ -169,9 +169,9 @@ class Mask2FormerConfig(PreTrainedConfig):
 
     model_type = "m2f_hf_mask2former"
     # a real sub-config as in transformers v5 (built in __post_init__, so create_subconfig only sees configs)
-    sub_configs_defaults = {"backbone_config": SubConfigSpec(
-        config_class=AutoConfig, model_type="m2f_hf_resnet", optional=True
-    )}
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="m2f_hf_resnet", optional=True)
+    }
     attribute_map = {"hidden_size": "hidden_dim", "num_hidden_layers": "decoder_layers"}
 
     backbone_type: str = "resnet"
