@@ -66,6 +66,8 @@ class Mask2FormerForUniversalSegmentationOutput(ModelOutput):
         unless `output_auxiliary_logits=False` (the original returns them; transformers only when asked).
     attentions: per decoder layer, the self-attention weights (B, heads, Q, Q); with `output_attentions`.
     cross_attentions: per decoder layer, the masked cross-attention weights (B, heads, Q, h*w).
+    transformer_decoder_intermediate_states: the normed queries each prediction reads, (Q, B, hidden_dim), as
+        the base model's (transformers' head keeps them internal); with `output_hidden_states`.
     loss_dict: every unweighted loss term (with labels).
     """
 
@@ -82,6 +84,7 @@ class Mask2FormerForUniversalSegmentationOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_sizes: torch.LongTensor | None = None
+    transformer_decoder_intermediate_states: tuple[torch.FloatTensor, ...] | None = None
     loss_dict: dict[str, torch.FloatTensor] | None = None
 
 
@@ -313,6 +316,7 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
             attentions=outputs.attentions,
             cross_attentions=outputs.cross_attentions,
             image_sizes=outputs.image_sizes,
+            transformer_decoder_intermediate_states=outputs.transformer_decoder_intermediate_states,
             loss_dict=loss_dict,
         )
         return result if return_dict else result.to_tuple()
