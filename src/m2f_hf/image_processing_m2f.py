@@ -34,6 +34,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, PILImageResampling, load_image
 from transformers.processing_utils import ImagesKwargs
@@ -84,11 +85,16 @@ class M2fHfImageProcessorKwargs(ImagesKwargs, total=False):
         (True) or the semantic score map after it (False); the original's flag of the same name.
     size_divisor (`int`): transformers' name for `size_divisibility`; when given it wins (0 = no rounding).
     num_labels (`int`): number of classes; segmentation-map classes outside [0, num_labels) are refused.
+    segment_ids (`str`): post-processing map convention. "transformers" (default): as transformers'
+        Mask2Former (instance map float32, -1 = none, ids from 0; binary maps float 0/1; a panoptic result
+        without any segment is a -1 map). "original": int32 maps with 0 = none and ids from 1, bool binary
+        maps (the original's / detectron2's panoptic convention, used by our pipeline and evaluation).
     """
 
     size_divisibility: int
     size_divisor: int | None
     num_labels: int | None
+    segment_ids: str
     ignore_index: int | None
     do_reduce_labels: bool
     thing_ids: list[int] | None
@@ -220,6 +226,15 @@ def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarra
     return resized.numpy().astype(label_map.dtype)
 
 
+SEGMENT_ID_CONVENTIONS = ("transformers", "original")
+
+
+def _check_segment_ids(convention: str) -> str:
+    if convention not in SEGMENT_ID_CONVENTIONS:
+        raise ValueError(f"segment_ids must be one of {SEGMENT_ID_CONVENTIONS}, got {convention!r}")
+    return convention
+
+
 def _alias_reduce_labels(kwargs: dict) -> None:
     """`reduce_labels` (transformers' deprecated name) → `do_reduce_labels`, with a FutureWarning."""
     if "reduce_labels" in kwargs:
@@ -289,6 +304,7 @@ class M2fHfImageProcessor(PilBackend):
     sem_seg_postprocess_before_inference = True
     size_divisor = None
     num_labels = None
+    segment_ids = "transformers"
 
     def __init__(self, **kwargs: Any) -> None:
         # transformers' Mask2FormerImageProcessor arguments: `max_size` caps the longest edge, the deprecated
@@ -307,6 +323,7 @@ class M2fHfImageProcessor(PilBackend):
                 raise ValueError(f"thing_ids must be >= 0, got {self.thing_ids}")
         if self.size_divisibility is None or int(self.size_divisibility) < 0:
             raise ValueError(f"size_divisibility must be >= 0, got {self.size_divisibility}")
+        _check_segment_ids(self.segment_ids)
         if not 0 < int(self.test_topk_per_image):
             raise ValueError(f"test_topk_per_image must be positive, got {self.test_topk_per_image}")
 
@@ -580,6 +597,9 @@ class M2fHfImageProcessor(PilBackend):
                 f"{tuple(class_logits.shape)} "
                 f"and {tuple(mask_logits.shape)}"
             )
+        # outputs of a model run with autograd on: post-processing never needs gradients (and its in-place
+        # and out= kernels refuse tensors that require them)
+        class_logits, mask_logits = class_logits.detach(), mask_logits.detach()
         # Half-precision outputs are post-processed in float32, the precision of the original rules.
         if class_logits.dtype in (torch.float16, torch.bfloat16):
             class_logits = class_logits.float()
@@ -619,14 +639,20 @@ class M2fHfImageProcessor(PilBackend):
             return ~self._class_flags(things, num_classes, device)
         return self._class_flags(label_ids_to_fuse, num_classes, device)
 
-    @staticmethod
-    def _panoptic_result(panoptic: torch.Tensor, segments: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """`panoptic_inference`'s map and per-segment tensors → the pipeline's result dict."""
+    def _panoptic_result(
+        self, panoptic: torch.Tensor, segments: dict[str, torch.Tensor], segment_ids: str | None = None
+    ) -> dict[str, Any]:
+        """`panoptic_inference`'s map and per-segment tensors → the pipeline's result dict. Both conventions
+        number segments from 1 with 0 = none (as transformers); with no candidate query at all transformers
+        returns a float -1 map, and so does the "transformers" convention."""
         labels, scores, fused = (segments[k].tolist() for k in ("label", "score", "was_fused"))
         info = [
             {"id": i + 1, "label_id": int(label), "was_fused": bool(was_fused), "score": float(score)}
             for i, (label, score, was_fused) in enumerate(zip(labels, scores, fused, strict=True))
         ]
+        convention = _check_segment_ids(segment_ids or self.segment_ids)
+        if convention == "transformers" and segments.get("no_candidates", False):
+            panoptic = torch.full(panoptic.shape, -1.0, device=panoptic.device)
         return {"segmentation": panoptic, "segments_info": info}
 
     def _instance_result(
@@ -638,6 +664,7 @@ class M2fHfImageProcessor(PilBackend):
         mask_threshold: float,
         return_binary_maps: bool,
         return_coco_annotation: bool,
+        segment_ids: str | None = None,
     ) -> dict[str, Any]:
         """One image's instances (see `postprocessing.instance_detections`; `mask_logits` as it takes them)
         → the pipeline's result dict."""
@@ -654,37 +681,45 @@ class M2fHfImageProcessor(PilBackend):
             threshold,
             output_size,
         )
+        transformers = _check_segment_ids(segment_ids or self.segment_ids) == "transformers"
+        first = 0 if transformers else 1
         info = [
-            {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
+            {"id": i + first, "label_id": int(label), "was_fused": False, "score": float(score)}
             for i, (label, score) in enumerate(
                 zip(found["labels"].tolist(), found["scores"].tolist(), strict=True)
             )
         ]
         masks, mask_index = found["masks"], found["mask_index"]
-        if return_binary_maps:
+        if return_binary_maps and (mask_index.numel() or not transformers):
             segmentation = masks[mask_index]
+            if transformers:
+                segmentation = segmentation.float()  # transformers' binary maps are float 0/1
         elif return_coco_annotation:
             encoded = pp.rle_encode(masks)  # each distinct mask once
             segmentation = [dict(encoded[i]) for i in mask_index.tolist()]
         else:
             segmentation = pp.instance_map(masks, mask_index)
+            if transformers:  # -1 = none, ids from 0, float32 (transformers' map)
+                segmentation = segmentation.float() - 1
         return {"segmentation": segmentation, "segments_info": info}
 
     # ------------------------------------------------------------------ post-processing
+    @torch.no_grad()
     def post_process_semantic_segmentation(
         self,
         outputs: Any,
         target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
         return_segmentation_scores: bool = False,
-    ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """Semantic class map per image, (H, W) long, at `target_sizes` (default: the resized image size).
 
         The mask logits are upsampled to the padded input, cropped to `outputs.image_sizes` and resized
         to the target, then Σ_q softmax(class)[:K]·sigmoid(mask) is argmaxed over classes; with
         `sem_seg_postprocess_before_inference=False` the score map is computed at the padded size and
         cropped/resized afterwards. The K score maps are evaluated a block of pixels (or a few classes)
-        at a time unless `return_segmentation_scores` asks for them (then each item is a dict with
-        "segmentation" and "segmentation_scores"); see `postprocessing.semantic_argmax_low_res`.
+        at a time unless `return_segmentation_scores` asks for them (then each item is, as in transformers, a
+        `SemanticSegmentationPostProcessorOutput` with `.segmentation` and `.segmentation_scores`, also
+        readable as keys); see `postprocessing.semantic_argmax_low_res`.
         """
         class_logits, mask_logits, crops, targets = self._unpack(outputs, target_sizes)
         padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
@@ -705,11 +740,16 @@ class M2fHfImageProcessor(PilBackend):
                 scores = pp.semantic_inference(class_logits[b], masks.sigmoid())
                 if crop is not None:
                     scores = pp.crop_and_resize(scores, crop, target)
-                results.append({"segmentation": scores.argmax(dim=0), "segmentation_scores": scores})
+                results.append(
+                    SemanticSegmentationPostProcessorOutput(
+                        data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
+                    )
+                )
             else:
                 results.append(pp.semantic_argmax(class_logits[b], masks, crop, target))
         return results
 
+    @torch.no_grad()
     def post_process_panoptic_segmentation(
         self,
         outputs: Any,
@@ -718,6 +758,7 @@ class M2fHfImageProcessor(PilBackend):
         overlap_mask_area_threshold: float | None = None,
         label_ids_to_fuse: set[int] | None = None,
         target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        segment_ids: str | None = None,
     ) -> list[dict[str, Any]]:
         """Panoptic segmentation with the original rule (see `postprocessing.panoptic_inference`).
 
@@ -728,6 +769,8 @@ class M2fHfImageProcessor(PilBackend):
             label_ids_to_fuse: classes whose segments merge; default: every class not in `thing_ids`
                 (the original's stuff merging; with `thing_ids=None` nothing merges).
             target_sizes: output (H, W) per image (default: the resized image size).
+            segment_ids: "transformers" or "original" (default: the processor's `segment_ids`): with no
+                candidate query at all the map is a float -1 map (transformers) or int32 zeros (original).
 
         Returns:
             per image {"segmentation": (H, W) int32, 0 = no segment, ids 1..n; "segments_info": [{"id",
@@ -751,6 +794,7 @@ class M2fHfImageProcessor(PilBackend):
                 height, width = (int(v) for v in targets[b])
                 panoptic = torch.zeros((height, width), dtype=torch.int32, device=device)
                 segments = {k: kept for k in ("label", "score", "was_fused")}
+                segments["no_candidates"] = True
             else:
                 # only the kept queries are upsampled (a few at a time), with the planes of the full stack
                 masks = pp.query_masks(mask_logits[b], crops[b], targets[b])
@@ -763,9 +807,10 @@ class M2fHfImageProcessor(PilBackend):
                     mask_threshold,
                     targets[b],
                 )
-            results.append(self._panoptic_result(panoptic, segments))
+            results.append(self._panoptic_result(panoptic, segments, segment_ids))
         return results
 
+    @torch.no_grad()
     def post_process_instance_segmentation(
         self,
         outputs: Any,
@@ -775,6 +820,7 @@ class M2fHfImageProcessor(PilBackend):
         target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
         return_coco_annotation: bool = False,
         return_binary_maps: bool = False,
+        segment_ids: str | None = None,
     ) -> list[dict[str, Any]]:
         """Instance segmentation with the original rule (see `postprocessing.instance_inference`).
 
@@ -784,12 +830,15 @@ class M2fHfImageProcessor(PilBackend):
             overlap_mask_area_threshold: accepted for pipeline compatibility; instances do not use it.
             target_sizes: output (H, W) per image (default: the resized image size).
             return_coco_annotation: "segmentation" is a list of COCO RLE dicts, one per instance.
-            return_binary_maps: "segmentation" is the (N, H, W) bool stack of instance masks.
+            return_binary_maps: "segmentation" is the (N, H, W) stack of instance masks (float 0/1 as
+                transformers, bool with segment_ids="original").
+            segment_ids: "transformers" or "original" (default: the processor's `segment_ids`).
 
         Returns:
             per image {"segmentation", "segments_info": [{"id", "label_id", "was_fused", "score"}]},
-            instances sorted by decreasing score with ids 1..N. By default "segmentation" is an (H, W)
-            int32 map (0 = none) where overlapping pixels go to the higher-scoring instance; use
+            instances sorted by decreasing score. By default "segmentation" is an (H, W) map where
+            overlapping pixels go to the higher-scoring instance: float32 with -1 = none and ids 0..N-1
+            (transformers' convention) or, with segment_ids="original", int32 with 0 = none and ids 1..N; use
             `return_binary_maps` or `return_coco_annotation` for the full, overlapping masks.
             When `thing_ids` is set only thing classes are returned (as the original with panoptic on).
         """
@@ -806,6 +855,7 @@ class M2fHfImageProcessor(PilBackend):
                 mask_threshold,
                 return_binary_maps,
                 return_coco_annotation,
+                segment_ids,
             )
             for b in range(class_logits.shape[0])
         ]

@@ -79,6 +79,7 @@ def post_process(
             mask_threshold=mask_threshold,
             overlap_mask_area_threshold=overlap_mask_area_threshold,
             target_sizes=target_sizes,
+            segment_ids="original",
         )
     if subtask == "instance":
         return processor.post_process_instance_segmentation(
@@ -87,6 +88,7 @@ def post_process(
             mask_threshold=mask_threshold,
             target_sizes=target_sizes,
             return_binary_maps=True,
+            segment_ids="original",  # bool masks, ids from 1 (the pipeline's own formatting follows)
         )
     raise ValueError(f"subtask must be one of {SUBTASKS}, got {subtask!r}")
 
