@@ -372,6 +372,23 @@ def run_config(args, report: Report, models, height: int, width: int, batch: int
             device,
         )
         report.rows.append(Row(name, "preprocessing", t["ours"], t["theirs"]))
+        # the torchvision backends on uint8 tensors (on the benchmark device): ours runs Pillow's filter in
+        # torch, transformers' default runs torchvision's resize
+        from m2f_hf.image_processing_m2f import M2fHfImageProcessorTorchvision
+
+        ours_tv = M2fHfImageProcessorTorchvision(**ours_proc.to_dict())
+        tensors = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(device) for img in images]
+        t = interleaved(
+            {
+                "ours": lambda: ours_tv(tensors, return_tensors="pt"),
+                "theirs": lambda: theirs_proc(tensors, return_tensors="pt", device=device),
+            },
+            args.fast_reps,
+            device,
+        )
+        report.rows.append(
+            Row(name, "preprocessing, torchvision backends (uint8 tensors)", t["ours"], t["theirs"])
+        )
 
     with torch.inference_mode():
         out_ours = ours(pixel_values)

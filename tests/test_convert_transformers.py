@@ -167,7 +167,7 @@ def test_config_fields_carried_over(saved_transformers_model):
     assert cfg.backbone_config["embed_dim"] == 32 and list(cfg.backbone_config["depths"]) == [1, 1, 1, 1]
     assert list(cfg.backbone_config["num_heads"]) == [1, 2, 4, 8] and cfg.backbone_config["window_size"] == 7
     kept = config_from_transformers_config(reference.config, native_swin=False)
-    assert kept.backbone_type == "auto" and kept.backbone_config["model_type"] == "swin"
+    assert kept.backbone_type == "auto" and kept.backbone_config.model_type == "swin"
     assert (cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.no_object_weight) == (2.0, 5.0, 5.0, 0.1)
 
 

@@ -94,7 +94,7 @@ def test_input_projection_only_when_widths_differ():
     assert wider.transformer_decoder.input_proj[2].weight.shape == (64, 32, 1, 1)
     with torch.no_grad():
         out = wider.eval()(torch.randn(1, 3, 64, 64))
-    assert out.class_queries_logits.shape == (1, 8, 6)
+    assert out.class_queries_logits[-1].shape == (1, 8, 6)
 
 
 def test_auto_classes_and_tuple_output():
@@ -122,24 +122,66 @@ def test_pixel_mask_gives_image_sizes():
     assert out.image_sizes.tolist() == [[60, 90], [64, 33]]
 
 
-def test_gradient_checkpointing_same_gradients():
+def _count_runs(watched: dict) -> dict:
+    """Counts how often each watched layer runs. The hook sits on a submodule: a `GradientCheckpointingLayer`
+    recomputes its `forward` directly (its own hooks stay outside the checkpoint), its children through
+    their `__call__`."""
+    calls = {name: [0] for name in watched}
+    for name, module in watched.items():
+        # a pre-hook: the recomputation stops early, once it has rebuilt what the backward needs
+        module.register_forward_pre_hook(lambda *_, count=calls[name]: count.__setitem__(0, count[0] + 1))
+    return calls
+
+
+def _watched_layers(model, kind: str) -> dict:
+    first_block = model.backbone.layers[0].blocks[0].norm1 if kind == "swin" else model.backbone.res2[0].conv1
+    decoder = model.transformer_decoder
+    return {
+        "backbone": first_block,
+        "encoder": model.pixel_decoder.transformer.encoder.layers[0].norm1,
+        "cross": decoder.transformer_cross_attention_layers[0].multihead_attn,
+        "self": decoder.transformer_self_attention_layers[0].self_attn,
+        "ffn": decoder.transformer_ffn_layers[0].linear1,
+    }
+
+
+def _loss(out) -> torch.Tensor:
+    return sum(c.sum() for c in out.class_queries_logits) + sum(m.sum() for m in out.masks_queries_logits)
+
+
+@pytest.mark.parametrize("kind", ["swin", "resnet_basic"])
+def test_gradient_checkpointing_same_gradients(kind):
+    """transformers' `gradient_checkpointing_enable()` recomputes backbone blocks, deformable encoder layers
+    and decoder layers in the backward pass (through `GradientCheckpointingLayer`), with plain gradients."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     torch.manual_seed(0)
-    model = Mask2FormerModel(tiny_config("swin")).train()
+    model = Mask2FormerModel(tiny_config(kind)).train()
     x = torch.randn(1, 3, 64, 64)
+    calls = _count_runs(_watched_layers(model, kind))
 
     def grads():
         torch.manual_seed(1)  # drop path is random in training: same draws for both runs
         model.zero_grad()
-        out = model(x)
-        (out.class_queries_logits.sum() + out.masks_queries_logits.sum()).backward()
+        for count in calls.values():
+            count[0] = 0
+        _loss(model(x)).backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain = grads()
-    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    assert {name: count[0] for name, count in calls.items()} == dict.fromkeys(calls, 1)
+    model.activation_checkpointing_enable()  # v5's name for gradient_checkpointing_enable
+    assert model.is_activation_checkpointing
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and all(m.gradient_checkpointing for m in layers)
     checkpointed = grads()
+    assert {name: count[0] for name, count in calls.items()} == dict.fromkeys(calls, 2)
     assert len(plain) == len(checkpointed)
-    for a, b in zip(plain, checkpointed):
+    for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.activation_checkpointing_disable()
+    grads()
+    assert {name: count[0] for name, count in calls.items()} == dict.fromkeys(calls, 1)
 
 
 @pytest.mark.parametrize(
@@ -177,24 +219,21 @@ def test_high_resolution_checkpointing_recomputes_only_those_layers_with_the_sam
     model = Mask2FormerModel(tiny_config("swin")).train()
     x = torch.randn(1, 3, 64, 64)
     backbone = model.backbone
-    calls = {name: [0] for name in ("stage0", "stage2", "encoder", "decoder")}
-    watched = {
-        "stage0": backbone.layers[0].blocks[0],
-        "stage2": backbone.layers[2].blocks[0],
-        "encoder": model.pixel_decoder.transformer.encoder.layers[0],
-        "decoder": model.transformer_decoder.transformer_ffn_layers[0],
-    }
-    for name, module in watched.items():
-        # a pre-hook: the recomputation stops early, once it has rebuilt what the backward needs
-        module.register_forward_pre_hook(lambda *_, count=calls[name]: count.__setitem__(0, count[0] + 1))
+    calls = _count_runs(
+        {
+            "stage0": backbone.layers[0].blocks[0].norm1,
+            "stage2": backbone.layers[2].blocks[0].norm1,
+            "encoder": model.pixel_decoder.transformer.encoder.layers[0].norm1,
+            "decoder": model.transformer_decoder.transformer_ffn_layers[0].linear1,
+        }
+    )
 
     def grads():
         torch.manual_seed(1)  # drop path is random in training: same draws for both runs
         model.zero_grad()
         for count in calls.values():
             count[0] = 0
-        out = model(x)
-        (out.class_queries_logits.sum() + out.masks_queries_logits.sum()).backward()
+        _loss(model(x)).backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain = grads()

@@ -20,8 +20,10 @@ def run(request):
     pixel_values = torch.from_numpy(np.load(folder / "inputs.npz")["normalized_padded_batch"])
     with torch.no_grad():
         outputs = model(pixel_values, output_hidden_states=True)
+        # the normed queries each prediction reads ((Q, B, C) as transformers' intermediate states)
         mask_embeds = [
-            model.model.transformer_decoder.mask_embed(h) for h in outputs.transformer_decoder_hidden_states
+            model.model.transformer_decoder.mask_embed(h.transpose(0, 1))
+            for h in outputs.transformer_decoder_intermediate_states
         ]
     return (
         name,

@@ -29,6 +29,7 @@ def end_to_end_outputs(name: str):
     folder = FIXTURES / name
     out = oracle.converted(name)
     processor = AutoImageProcessor.from_pretrained(out)
+    processor.segment_ids = "original"  # these tests compare with the original's maps (0 = none, ids from 1)
     model = AutoModelForUniversalSegmentation.from_pretrained(out).eval()
     images = [Image.open(folder / f"input_image{j}.png") for j in range(2)]
     inputs = processor(images, return_tensors="pt")
@@ -51,6 +52,7 @@ def load_case(name: str, source: str):
         overlap_threshold=meta["overlap_threshold"],
         test_topk_per_image=meta["test_topk_per_image"],
         sem_seg_postprocess_before_inference=flags["sem_seg_postprocess_before_inference"],
+        segment_ids="original",  # the original's maps: 0 = none, ids from 1, bool binary masks
     )
     image_sizes = inputs["image_sizes"].astype(np.int64)
     orig_sizes = inputs["orig_sizes"].astype(np.int64)
@@ -229,7 +231,7 @@ def test_rle_roundtrip_and_pycocotools_format():
 
 
 def test_empty_results():
-    processor = M2fHfImageProcessor(thing_ids=[0, 1])
+    processor = M2fHfImageProcessor(thing_ids=[0, 1], segment_ids="original")
     logits = torch.zeros(2, 5, 4)
     logits[..., -1] = 20.0  # every query predicts no-object
     outputs = SimpleNamespace(
@@ -313,7 +315,7 @@ def test_results_stay_on_output_device_and_default_size():
 
 
 def test_bad_outputs_are_rejected():
-    processor = M2fHfImageProcessor()
+    processor = M2fHfImageProcessor(segment_ids="original")
     outputs = SimpleNamespace(
         class_queries_logits=torch.zeros(1, 3, 4),
         masks_queries_logits=torch.zeros(1, 3, 8, 8),

@@ -263,7 +263,7 @@ def test_instances_per_distinct_query_match_reference(low, image, target):
 
 def test_processor_outputs_match_full_stack_references():
     processor = M2fHfImageProcessor(
-        thing_ids=[0, 1, 2, 3, 4], object_mask_threshold=0.8, overlap_threshold=0.5
+        thing_ids=[0, 1, 2, 3, 4], object_mask_threshold=0.8, overlap_threshold=0.5, segment_ids="original"
     )
     class_logits, mask_logits = make_logits(11, queries=16, classes=8, low=(10, 14), peaked=True)
     outputs = SimpleNamespace(

@@ -8,7 +8,7 @@ from .configuration_m2f import Mask2FormerConfig
 from .deprecated_modules import install as _install_moved_modules
 from .ecosystem_fast import optimize_for_cpu
 from .ecosystem_registration import register_auto_classes
-from .image_processing_m2f import M2fHfImageProcessor
+from .image_processing_m2f import M2fHfImageProcessor, M2fHfImageProcessorTorchvision
 from .modeling_m2f import (
     Mask2FormerForUniversalSegmentation,
     Mask2FormerForUniversalSegmentationOutput,
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "M2fHfImageProcessor",
+    "M2fHfImageProcessorTorchvision",
     "Mask2FormerConfig",
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerForUniversalSegmentationOutput",

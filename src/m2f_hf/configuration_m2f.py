@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 BACKBONE_TYPES = ("resnet", "swin", "auto")
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
@@ -118,6 +119,115 @@ def validate_fields(config: Any) -> None:
         raise ValueError(f"Mask2FormerConfig.thing_ids must be a list of integers, got {config.thing_ids!r}")
 
 
+class _NativeBackboneConfig(PreTrainedConfig):
+    """Options of one of our native backbones as a real sub-config (attribute access, JSON round trip).
+
+    `config.backbone_config["depth"]` and `.get("depth")` keep working for code written when it was a dict.
+    """
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __post_init__(self, **kwargs):
+        # PreTrainedConfig's general keys (from a saved sub-config) are fine; anything else is a typo
+        general = set(PreTrainedConfig().to_dict()) | {"model_type", "transformers_version"}
+        unknown = sorted(set(kwargs) - general)
+        if unknown:
+            raise ValueError(f"unknown {self.backbone_name} backbone_config keys: {unknown}")
+        for key in self.DEFAULTS:
+            value = getattr(self, key)
+            if isinstance(value, tuple):
+                setattr(self, key, list(value))
+        super().__post_init__(**{k: v for k, v in kwargs.items() if k not in ("model_type",)})
+
+    @property
+    def backbone_name(self) -> str:
+        return self.model_type.removeprefix("m2f_hf_")
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the backbone module."""
+        return {key: getattr(self, key) for key in self.DEFAULTS}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.DEFAULTS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.DEFAULTS
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.DEFAULTS else default
+
+    def keys(self):
+        return self.DEFAULTS.keys()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the backbone options and `model_type` (the general PreTrainedConfig keys mean nothing)."""
+        from transformers import __version__
+
+        return {"model_type": self.model_type, "transformers_version": __version__, **self.backbone_kwargs()}
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+
+@strict(accept_kwargs=True)
+class M2fResNetBackboneConfig(_NativeBackboneConfig):
+    """detectron2 ResNet options (`RESNET_DEFAULTS`)."""
+
+    model_type = "m2f_hf_resnet"
+    DEFAULTS: ClassVar[dict[str, Any]] = RESNET_DEFAULTS
+
+    depth: int = 50
+    stem_type: str = "basic"
+    stem_out_channels: int = 64
+    res2_out_channels: int = 256
+    num_groups: int = 1
+    width_per_group: int = 64
+    stride_in_1x1: bool = False
+    res4_dilation: int = 1
+    res5_dilation: int = 1
+    res5_multi_grid: list[int] | tuple[int, ...] = (1, 1, 1)
+    norm: str = "FrozenBN"
+
+
+@strict(accept_kwargs=True)
+class M2fSwinBackboneConfig(_NativeBackboneConfig):
+    """The original D2 Swin's options (`SWIN_DEFAULTS`)."""
+
+    model_type = "m2f_hf_swin"
+    DEFAULTS: ClassVar[dict[str, Any]] = SWIN_DEFAULTS
+
+    embed_dim: int = 96
+    depths: list[int] | tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: list[int] | tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_scale: float | None = None
+    patch_size: int = 4
+    ape: bool = False
+    patch_norm: bool = True
+    pretrain_img_size: int = 224
+    drop_path_rate: float = 0.3
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+
+
+NATIVE_BACKBONE_CONFIGS = {"resnet": M2fResNetBackboneConfig, "swin": M2fSwinBackboneConfig}
+for _cls in NATIVE_BACKBONE_CONFIGS.values():
+    AutoConfig.register(_cls.model_type, _cls, exist_ok=True)
+
+
+def backbone_config_dict(backbone_config: Any) -> dict[str, Any]:
+    """A backbone sub-config (ours or a transformers config) or an old-style dict → plain dict."""
+    if isinstance(backbone_config, _NativeBackboneConfig):
+        return backbone_config.backbone_kwargs()
+    if isinstance(backbone_config, PreTrainedConfig):
+        return backbone_config.to_dict()
+    return dict(backbone_config or {})
+
+
 @strict(accept_kwargs=True)
 class Mask2FormerConfig(PreTrainedConfig):
     r"""Mask2Former configuration mirroring the original `MODEL.*`, `INPUT.*` and `TEST.*` options.
@@ -127,15 +237,21 @@ class Mask2FormerConfig(PreTrainedConfig):
 
     backbone_type (`str`): "resnet" (detectron2 ResNet), "swin" (the original D2 Swin) or "auto"
         (any transformers `AutoBackbone` with four stride-4..32 maps, e.g. ConvNeXt).
-    backbone_config (`dict`): for "resnet"/"swin" the keyword arguments of that backbone
-        (`RESNET_DEFAULTS`/`SWIN_DEFAULTS` are filled in); for "auto" a transformers config dict.
+    backbone_config: a sub-config (`config.backbone_config.depths`), built from a dict or given as a config:
+        for "resnet"/"swin" `M2fResNetBackboneConfig`/`M2fSwinBackboneConfig` (the backbone's keyword
+        arguments, `RESNET_DEFAULTS`/`SWIN_DEFAULTS` filled in); for "auto" a transformers config
+        (e.g. `ConvNextConfig`). It is saved as a dict in config.json, and old dicts load.
     """
 
     model_type = "m2f_hf_mask2former"
+    # a real sub-config as in transformers v5 (built in __post_init__, so create_subconfig only sees configs)
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="m2f_hf_resnet", optional=True)
+    }
     attribute_map = {"hidden_size": "hidden_dim", "num_hidden_layers": "decoder_layers"}
 
     backbone_type: str = "resnet"
-    backbone_config: dict | None = None
+    backbone_config: dict | PreTrainedConfig | None = None
     # pixel decoder (MODEL.SEM_SEG_HEAD.*)
     feature_size: int = 256  # CONVS_DIM
     mask_feature_size: int = 256  # MASK_DIM
@@ -186,17 +302,25 @@ class Mask2FormerConfig(PreTrainedConfig):
         validate_fields(self)
         if self.backbone_type not in BACKBONE_TYPES:
             raise ValueError(f"backbone_type must be one of {BACKBONE_TYPES}, got {self.backbone_type!r}")
-        defaults = {"resnet": RESNET_DEFAULTS, "swin": SWIN_DEFAULTS}.get(self.backbone_type)
-        given = dict(self.backbone_config or {})
-        if defaults is not None:
-            unknown = sorted(set(given) - set(defaults))
-            if unknown:
-                raise ValueError(f"unknown {self.backbone_type} backbone_config keys: {unknown}")
-            self.backbone_config = {**defaults, **given}
-        elif "model_type" not in given:
+        given = self.backbone_config
+        native = NATIVE_BACKBONE_CONFIGS.get(self.backbone_type)
+        if native is not None:
+            if isinstance(given, PreTrainedConfig) and not isinstance(given, native):
+                raise ValueError(
+                    f"backbone_type {self.backbone_type!r} needs a {native.__name__} or a dict, got "
+                    f"{type(given).__name__}"
+                )
+            if not isinstance(given, native):
+                options = {k: v for k, v in dict(given or {}).items() if k != "model_type"}
+                given = native(**options)
+        elif isinstance(given, PreTrainedConfig):
+            pass
+        elif "model_type" not in (given or {}):
             raise ValueError("backbone_type 'auto' needs backbone_config with a transformers 'model_type'")
         else:
-            self.backbone_config = given
+            options = dict(given)
+            given = AutoConfig.for_model(options.pop("model_type"), **options)
+        self.backbone_config = given
         self.deformable_in_features = list(self.deformable_in_features)
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers (DEC_LAYERS) must be >= 1, got {self.decoder_layers}")
@@ -226,4 +350,10 @@ class Mask2FormerConfig(PreTrainedConfig):
         return [i in ids for i in range(self.num_labels)]
 
 
-__all__ = ["PROCESSOR_SETTINGS", "Mask2FormerConfig"]
+__all__ = [
+    "PROCESSOR_SETTINGS",
+    "Mask2FormerConfig",
+    "M2fResNetBackboneConfig",
+    "M2fSwinBackboneConfig",
+    "backbone_config_dict",
+]

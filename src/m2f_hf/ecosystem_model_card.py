@@ -115,7 +115,7 @@ def _backbone_name(config: Mask2FormerConfig) -> str:
         return f"ResNet-{config.backbone_config['depth']}"
     if config.backbone_type == "swin":
         return f"Swin (embed dim {config.backbone_config['embed_dim']})"
-    return f"transformers {config.backbone_config.get('model_type')}"
+    return f"transformers {getattr(config.backbone_config, 'model_type', None)}"
 
 
 def _facts(

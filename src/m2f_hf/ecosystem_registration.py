@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .configuration_m2f import Mask2FormerConfig
-from .image_processing_m2f import M2fHfImageProcessor
+from .image_processing_m2f import M2fHfImageProcessor, M2fHfImageProcessorTorchvision
 from .modeling_m2f import Mask2FormerForUniversalSegmentation, Mask2FormerModel, register_checkpoint_loader
 from .pipeline_m2f import register_segmentation_pipeline
 
@@ -33,13 +33,18 @@ def register_auto_classes() -> None:
     AutoModel.register(Mask2FormerConfig, Mask2FormerModel, exist_ok=True)
     for auto in (AutoModelForUniversalSegmentation, AutoModelForImageSegmentation):
         auto.register(Mask2FormerConfig, Mask2FormerForUniversalSegmentation, exist_ok=True)
-    # one preprocessing implementation (Pillow's anti-aliased resize is what the original uses) serves both
-    # backend names, so `use_fast`/`backend` choices never fall back to a different preprocessing
+    # two backends as transformers v5: backend="pil" (Pillow's anti-aliased resize, the original's bits) and
+    # backend="torchvision" (batched, on the input's device). PIL stays the default (backend=None):
+    # torchvision's uint8 resize is not bit-exact with Pillow's, the default keeps the original's numbers
     AutoImageProcessor.register(
         Mask2FormerConfig,
-        image_processor_classes={"pil": M2fHfImageProcessor, "torchvision": M2fHfImageProcessor},
+        image_processor_classes={"pil": M2fHfImageProcessor, "torchvision": M2fHfImageProcessorTorchvision},
         exist_ok=True,
     )
+    from transformers.models.auto import image_processing_auto
+
+    if M2fHfImageProcessor.__name__ not in image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS:
+        image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS.append(M2fHfImageProcessor.__name__)
     # pipeline("image-segmentation") then follows the checkpoint's task and thresholds (pipeline_m2f.py)
     register_segmentation_pipeline()
     register_checkpoint_loader(load_transformers_format)

@@ -5,19 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .configuration_m2f import FEATURE_NAMES
+from .configuration_m2f import FEATURE_NAMES, backbone_config_dict
 
 
 class AutoBackboneAdapter(nn.Module):
     """Wraps a transformers `AutoBackbone` (e.g. ConvNeXt, Swin) so it returns res2..res5 like detectron2."""
 
-    def __init__(self, backbone_config: dict):
+    def __init__(self, backbone_config):
         super().__init__()
-        from transformers import AutoBackbone, AutoConfig
+        from transformers import AutoBackbone, AutoConfig, PreTrainedConfig
 
-        cfg = dict(backbone_config)
-        model_type = cfg.pop("model_type")
-        hf_config = AutoConfig.for_model(model_type, **cfg)
+        if isinstance(backbone_config, PreTrainedConfig):
+            hf_config, model_type = backbone_config, backbone_config.model_type
+        else:
+            cfg = dict(backbone_config)
+            model_type = cfg.pop("model_type")
+            hf_config = AutoConfig.for_model(model_type, **cfg)
         self.body = AutoBackbone.from_config(hf_config)
         channels = list(self.body.channels)
         if len(channels) != 4:
@@ -38,9 +41,9 @@ def build_backbone(config) -> nn.Module:
     if config.backbone_type == "resnet":
         from .modeling_resnet import ResNetBackbone
 
-        return ResNetBackbone(**config.backbone_config)
+        return ResNetBackbone(**backbone_config_dict(config.backbone_config))
     if config.backbone_type == "swin":
         from .modeling_swin import SwinBackbone
 
-        return SwinBackbone(**config.backbone_config)
+        return SwinBackbone(**backbone_config_dict(config.backbone_config))
     return AutoBackboneAdapter(config.backbone_config)

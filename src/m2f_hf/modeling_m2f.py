@@ -24,30 +24,69 @@ from .modeling_transformer_decoder import MaskedTransformerDecoder
 
 @dataclass
 class Mask2FormerModelOutput(ModelOutput):
-    """Predictions of the final decoder layer plus, optionally, every auxiliary prediction.
+    """transformers' `Mask2FormerModelOutput` fields in its order (`to_tuple()` indexes the same), then ours.
 
-    class_queries_logits: (B, Q, K+1), last column = no-object.
-    masks_queries_logits: (B, Q, H/4, W/4) of the padded input.
-    auxiliary_logits: one dict per earlier prediction (the learnable-query one first), same keys.
+    encoder_last_hidden_state: (B, C, H/32, W/32) last backbone map. Always returned.
+    pixel_decoder_last_hidden_state: (B, mask_feature_size, H/4, W/4) mask features. Always returned.
+    transformer_decoder_last_hidden_state: (B, Q, hidden_dim) output of the last decoder layer (always).
+    encoder_hidden_states: the four backbone maps (res2..res5); with `output_hidden_states`.
+    pixel_decoder_hidden_states: the three multi-scale maps (1/32, 1/16, 1/8) the decoder reads; with
+        `output_hidden_states`.
+    transformer_decoder_hidden_states: the queries entering each decoder layer plus the last output,
+        (Q, B, hidden_dim) sequence-first as transformers; with `output_hidden_states`.
+    transformer_decoder_intermediate_states: the normed queries each prediction reads, (Q, B, hidden_dim);
+        with `output_hidden_states`.
+    masks_queries_logits: every mask prediction (the learnable-query one first), (B, Q, H/4, W/4) each.
+    attentions: per decoder layer, the self-attention weights (B, heads, Q, Q); with `output_attentions`.
+    class_queries_logits: every class prediction, (B, Q, K+1) each (the class head sits in our decoder).
+    cross_attentions: per decoder layer, the masked cross-attention weights (B, heads, Q, h*w) over the
+        level it reads; with `output_attentions`.
     image_sizes: (B, 2) valid (unpadded) height/width per image, from `pixel_mask` (None without it).
     """
 
-    class_queries_logits: torch.FloatTensor | None = None
-    masks_queries_logits: torch.FloatTensor | None = None
-    auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
-    image_sizes: torch.LongTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
     pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
     transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    transformer_decoder_intermediate_states: tuple[torch.FloatTensor, ...] | None = None
+    masks_queries_logits: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    class_queries_logits: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_sizes: torch.LongTensor | None = None
 
 
 @dataclass
-class Mask2FormerForUniversalSegmentationOutput(Mask2FormerModelOutput):
-    """`Mask2FormerModelOutput` plus the weighted total loss and every unweighted loss term."""
+class Mask2FormerForUniversalSegmentationOutput(ModelOutput):
+    """transformers' `Mask2FormerForUniversalSegmentationOutput` fields in its order (loss first), then ours.
+
+    class_queries_logits: (B, Q, K+1), last column = no-object.
+    masks_queries_logits: (B, Q, H/4, W/4) of the padded input.
+    auxiliary_logits: one dict per earlier prediction (the learnable-query one first), same keys; returned
+        unless `output_auxiliary_logits=False` (the original returns them; transformers only when asked).
+    attentions: per decoder layer, the self-attention weights (B, heads, Q, Q); with `output_attentions`.
+    cross_attentions: per decoder layer, the masked cross-attention weights (B, heads, Q, h*w).
+    transformer_decoder_intermediate_states: the normed queries each prediction reads, (Q, B, hidden_dim), as
+        the base model's (transformers' head keeps them internal); with `output_hidden_states`.
+    loss_dict: every unweighted loss term (with labels).
+    """
 
     loss: torch.FloatTensor | None = None
+    class_queries_logits: torch.FloatTensor | None = None
+    masks_queries_logits: torch.FloatTensor | None = None
+    auxiliary_logits: list[dict[str, torch.FloatTensor]] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
+    transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_sizes: torch.LongTensor | None = None
+    transformer_decoder_intermediate_states: tuple[torch.FloatTensor, ...] | None = None
     loss_dict: dict[str, torch.FloatTensor] | None = None
 
 
@@ -183,7 +222,7 @@ class Mask2FormerModel(Mask2FormerPreTrainedModel):
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        output_auxiliary_logits: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> Mask2FormerModelOutput | tuple:
@@ -191,36 +230,40 @@ class Mask2FormerModel(Mask2FormerPreTrainedModel):
             raise ValueError(
                 f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}"
             )
+        config = self.config
         output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if output_auxiliary_logits is None:
-            output_auxiliary_logits = self.config.output_auxiliary_logits
-        if output_auxiliary_logits is None:
-            output_auxiliary_logits = True
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        return_dict = return_dict if return_dict is not None else config.return_dict
 
         features = self.backbone(pixel_values)
         mask_features, multi_scale = self.pixel_decoder(features)
-        class_logits, mask_logits, decoder_states = self.transformer_decoder(
-            multi_scale, mask_features, output_hidden_states=output_hidden_states
+        decoded = self.transformer_decoder(
+            multi_scale,
+            mask_features,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        auxiliary = None
-        if output_auxiliary_logits:
-            auxiliary = [
-                {"class_queries_logits": c, "masks_queries_logits": m}
-                for c, m in zip(class_logits[:-1], mask_logits[:-1])
-            ]
+
+        def seq_first(states):
+            return tuple(state.transpose(0, 1) for state in states)
+
         output = Mask2FormerModelOutput(
-            class_queries_logits=class_logits[-1],
-            masks_queries_logits=mask_logits[-1],
-            auxiliary_logits=auxiliary,
-            image_sizes=None if pixel_mask is None else image_sizes_from_pixel_mask(pixel_mask),
+            encoder_last_hidden_state=features[next(reversed(features))],
             pixel_decoder_last_hidden_state=mask_features,
-            transformer_decoder_last_hidden_state=decoder_states[-1] if decoder_states else None,
+            transformer_decoder_last_hidden_state=decoded["last"],
             encoder_hidden_states=tuple(features.values()) if output_hidden_states else None,
             pixel_decoder_hidden_states=tuple(multi_scale) if output_hidden_states else None,
-            transformer_decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
+            transformer_decoder_hidden_states=tuple(decoded["hidden"]) if output_hidden_states else None,
+            transformer_decoder_intermediate_states=(
+                seq_first(decoded["intermediate"]) if output_hidden_states else None
+            ),
+            masks_queries_logits=tuple(decoded["mask_logits"]),
+            attentions=tuple(decoded["self_attentions"]) if output_attentions else None,
+            class_queries_logits=tuple(decoded["class_logits"]),
+            cross_attentions=tuple(decoded["cross_attentions"]) if output_attentions else None,
+            image_sizes=None if pixel_mask is None else image_sizes_from_pixel_mask(pixel_mask),
         )
         return output if return_dict else output.to_tuple()
 
@@ -242,6 +285,7 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_auxiliary_logits: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> Mask2FormerForUniversalSegmentationOutput | tuple:
@@ -249,23 +293,44 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerPreTrainedModel):
         compute_loss = mask_labels is not None or class_labels is not None
         if compute_loss and (mask_labels is None or class_labels is None):
             raise ValueError("training needs both mask_labels and class_labels")
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = self.config.output_auxiliary_logits
         outputs = self.model(
             pixel_values,
             pixel_mask=pixel_mask,
             output_hidden_states=output_hidden_states,
-            output_auxiliary_logits=True if compute_loss else output_auxiliary_logits,
+            output_attentions=output_attentions,
             return_dict=True,
+            **kwargs,
         )
+        class_logits, mask_logits = outputs.class_queries_logits, outputs.masks_queries_logits
+        auxiliary = [
+            {"class_queries_logits": c, "masks_queries_logits": m}
+            for c, m in zip(class_logits[:-1], mask_logits[:-1])
+        ]
         loss = loss_dict = None
         if compute_loss:
-            aux = outputs.auxiliary_logits if self.config.use_auxiliary_loss else None
-            loss_dict = self.criterion(
-                outputs.masks_queries_logits, outputs.class_queries_logits, mask_labels, class_labels, aux
-            )
+            aux = auxiliary if self.config.use_auxiliary_loss else None
+            loss_dict = self.criterion(mask_logits[-1], class_logits[-1], mask_labels, class_labels, aux)
             loss = self.criterion.total_loss(loss_dict)
-            if output_auxiliary_logits is False:
-                outputs.auxiliary_logits = None
-        result = Mask2FormerForUniversalSegmentationOutput(loss=loss, loss_dict=loss_dict, **outputs)
+        result = Mask2FormerForUniversalSegmentationOutput(
+            loss=loss,
+            class_queries_logits=class_logits[-1],
+            masks_queries_logits=mask_logits[-1],
+            # the original returns every auxiliary prediction; None (not False) keeps that default
+            auxiliary_logits=None if output_auxiliary_logits is False else auxiliary,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            pixel_decoder_last_hidden_state=outputs.pixel_decoder_last_hidden_state,
+            transformer_decoder_last_hidden_state=outputs.transformer_decoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            pixel_decoder_hidden_states=outputs.pixel_decoder_hidden_states,
+            transformer_decoder_hidden_states=outputs.transformer_decoder_hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+            image_sizes=outputs.image_sizes,
+            transformer_decoder_intermediate_states=outputs.transformer_decoder_intermediate_states,
+            loss_dict=loss_dict,
+        )
         return result if return_dict else result.to_tuple()
 
 

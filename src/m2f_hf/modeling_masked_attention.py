@@ -42,16 +42,30 @@ class MultiheadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, query, key, value, allowed: torch.Tensor | None = None) -> torch.Tensor:
-        """query (B, Q, C), key/value (B, K, C); allowed (B, Q, K) bool, True where attention may go."""
+    def forward(
+        self, query, key, value, allowed: torch.Tensor | None = None, output_attentions: bool = False
+    ):
+        """query (B, Q, C), key/value (B, K, C); allowed (B, Q, K) bool, True where attention may go.
+
+        Returns the attended (B, Q, C) values, or with `output_attentions` a pair (values, weights) where the
+        weights (B, heads, Q, K) come from an eager softmax (the fused kernel never forms them).
+        """
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         q = self._split_heads(F.linear(query, w_q, b_q))
         k = self._split_heads(F.linear(key, w_k, b_k))
         v = self._split_heads(F.linear(value, w_v, b_v))
         mask = None if allowed is None else allowed[:, None]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions:
+            scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            out = torch.matmul(F.dropout(weights, p=dropout_p, training=self.training), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         batch, _, length, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+        return (out, weights) if output_attentions else out

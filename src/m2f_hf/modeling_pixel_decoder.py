@@ -12,6 +12,7 @@ from torch import nn
 from .layers_blocks import blockwise_inference, count_blocked, rows_per_block
 from .layers_position import SinePositionEmbedding
 from .modeling_deform_attn import MSDeformAttn
+from .modeling_layers import CheckpointedLayer, CheckpointingSwitch
 from .modeling_resnet import ConvNorm
 
 
@@ -23,7 +24,7 @@ def _group_norm(norm: str, channels: int) -> nn.Module | None:
     raise ValueError(f"unsupported pixel decoder norm {norm!r}; expected 'GN' or ''")
 
 
-class DeformableEncoderLayer(nn.Module):
+class DeformableEncoderLayer(CheckpointedLayer):
     """Post-norm layer: deformable self-attention, then a ReLU FFN."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int):
@@ -67,13 +68,13 @@ class DeformableEncoderLayer(nn.Module):
         return self.linear2(self.dropout2(F.relu(hidden, inplace=not hidden.requires_grad)))
 
 
-class DeformableEncoder(nn.Module):
-    """Stack of deformable encoder layers (the original's `encoder.layers.*`)."""
+class DeformableEncoder(CheckpointingSwitch, nn.Module):
+    """Stack of deformable encoder layers (the original's `encoder.layers.*`); `gradient_checkpointing = True`
+    recomputes every layer in the backward pass (each layer is a `GradientCheckpointingLayer`)."""
 
     def __init__(self, num_layers: int, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(DeformableEncoderLayer(**layer_kwargs) for _ in range(num_layers))
-        self.gradient_checkpointing = False
 
     @staticmethod
     def reference_points(spatial_shapes: list[tuple[int, int]], n_levels: int, device) -> torch.Tensor:
@@ -95,12 +96,7 @@ class DeformableEncoder(nn.Module):
             src.dtype
         )
         for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                src = torch.utils.checkpoint.checkpoint(
-                    layer, src, pos, reference_points, spatial_shapes, use_reentrant=False
-                )
-            else:
-                src = layer(src, pos, reference_points, spatial_shapes)
+            src = layer(src, pos, reference_points, spatial_shapes)
         return src
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modeling_layers import CheckpointedLayer
+
 BLOCKS_PER_STAGE = {
     18: [2, 2, 2, 2],
     34: [3, 4, 6, 3],
@@ -147,7 +149,7 @@ def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> Co
     return conv_norm(in_channels, out_channels, 1, norm, stride=stride)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(CheckpointedLayer):
     """1x1 → 3x3 (grouped, dilated) → 1x1 residual block; the stride sits in the 1x1 or the 3x3 conv."""
 
     def __init__(
@@ -178,7 +180,7 @@ class BottleneckBlock(nn.Module):
         return F.relu(out + shortcut)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(CheckpointedLayer):
     """Two 3x3 convolutions (ResNet-18/34)."""
 
     def __init__(self, in_channels, out_channels, stride, norm, dilation=1):

@@ -11,9 +11,8 @@ additive float mask.
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from torch import nn
 
 from . import layers_config
 from .layers_blocks import add_blockwise_, blockwise_inference, count_blocked, rows_per_block
+from .modeling_layers import CheckpointedLayer, CheckpointingSwitch
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 SHIFT_MASK_VALUE = -100.0  # the original's additive value between tokens of different shifted regions
@@ -227,7 +227,7 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(CheckpointedLayer):
     """(Shifted-)window attention and MLP, both pre-norm residual with stochastic depth; channels-last."""
 
     def __init__(
@@ -310,18 +310,7 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-def checkpoint_function(module: nn.Module) -> Callable | None:
-    """The function that recomputes `module`'s blocks in the backward pass, or None when its
-    `gradient_checkpointing` flag is off or nothing is being trained. transformers'
-    `activation_checkpointing_enable` installs its own function on every module that has the flag; otherwise
-    torch's non-reentrant checkpoint."""
-    if not (module.gradient_checkpointing and module.training and torch.is_grad_enabled()):
-        return None
-    fn = getattr(module, "_gradient_checkpointing_func", None)
-    return fn or functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
-
-
-class SwinStage(nn.Module):
+class SwinStage(CheckpointingSwitch, nn.Module):
     """Blocks of one resolution (even: regular windows, odd: shifted) plus the optional patch merging."""
 
     def __init__(
@@ -358,7 +347,6 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
         self._mask_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self.gradient_checkpointing = False  # recompute this stage's blocks in the backward pass
 
     def shift_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor | None:
         """The -100 mask for this stage's padded size, cached per (Hp, Wp, device)."""
@@ -381,16 +369,13 @@ class SwinStage(nn.Module):
             self._mask_cache.move_to_end(key)
         return mask
 
-    def forward(
-        self, x: torch.Tensor, checkpoint_fn: Callable | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, H, W, C). Returns the stage output and the merged map for the next stage (or None).
-        The blocks are recomputed in the backward pass with `checkpoint_fn` (the backbone's) or, without
-        it, when this stage's own `gradient_checkpointing` flag is on."""
+        Each block is a `GradientCheckpointingLayer`: setting this stage's `gradient_checkpointing` flag
+        (or `gradient_checkpointing_enable()` on the model) recomputes them in the backward pass."""
         mask = self.shift_mask(x.shape[1], x.shape[2], x.device)
-        checkpoint_fn = checkpoint_fn or checkpoint_function(self)
         for block in self.blocks:
-            x = checkpoint_fn(block, x, mask) if checkpoint_fn is not None else block(x, mask)
+            x = block(x, mask)
         return x, (self.downsample(x) if self.downsample is not None else None)
 
 
@@ -415,7 +400,7 @@ class PatchEmbed(nn.Module):
         return x
 
 
-class SwinBackbone(nn.Module):
+class SwinBackbone(CheckpointingSwitch, nn.Module):
     """Swin Transformer returning res2..res5 channels-first, as the original `D2SwinTransformer`.
 
     Parameter names equal the original's state dict without its `backbone.` prefix. Set
@@ -466,7 +451,6 @@ class SwinBackbone(nn.Module):
         self.out_channels = dict(zip(FEATURE_NAMES, dims, strict=True))
         # hard-coded in the original D2 wrapper whatever the patch size; the pixel decoder is built from them
         self.out_strides = dict(zip(FEATURE_NAMES, (4, 8, 16, 32), strict=True))
-        self.gradient_checkpointing = False
 
         self.patch_embed = PatchEmbed(int(patch_size), int(in_chans), int(embed_dim), bool(patch_norm))
         if self.ape:
@@ -528,10 +512,9 @@ class SwinBackbone(nn.Module):
             x = x + F.interpolate(self.absolute_pos_embed, size=x.shape[-2:], mode="bicubic")
         x = self.pos_drop(x.permute(0, 2, 3, 1))  # channels-last from here on
 
-        checkpoint_fn = checkpoint_function(self)
         features = {}
         for i, (name, stage) in enumerate(zip(FEATURE_NAMES, self.layers, strict=True)):
-            out, x = stage(x, checkpoint_fn)
+            out, x = stage(x)
             features[name] = getattr(self, f"norm{i}")(out).permute(0, 3, 1, 2).contiguous()
         return features
 

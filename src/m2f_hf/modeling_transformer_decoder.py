@@ -8,10 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers_position import SinePositionEmbedding
+from .modeling_layers import CheckpointedLayer, CheckpointingSwitch
 from .modeling_masked_attention import MultiheadAttention, attention_mask_from_logits
 
 
-class SelfAttentionLayer(nn.Module):
+def _with_weights(result, output_attentions: bool, residual_fn):
+    """Applies `residual_fn` to the attention output, keeping the weights when they were asked for."""
+    if output_attentions:
+        out, weights = result
+        return residual_fn(out), weights
+    return residual_fn(result)
+
+
+class SelfAttentionLayer(CheckpointedLayer):
     def __init__(self, d_model: int, nhead: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout)
@@ -19,16 +28,19 @@ class SelfAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
 
-    def forward(self, tgt, query_pos):
+    def forward(self, tgt, query_pos, output_attentions: bool = False):
+        """(B, Q, C) → (B, Q, C); with `output_attentions` also the (B, heads, Q, Q) weights."""
         if self.pre_norm:
             normed = self.norm(tgt)
             q = normed + query_pos
-            return tgt + self.dropout(self.self_attn(q, q, normed))
+            result = self.self_attn(q, q, normed, output_attentions=output_attentions)
+            return _with_weights(result, output_attentions, lambda out: tgt + self.dropout(out))
         q = tgt + query_pos
-        return self.norm(tgt + self.dropout(self.self_attn(q, q, tgt)))
+        result = self.self_attn(q, q, tgt, output_attentions=output_attentions)
+        return _with_weights(result, output_attentions, lambda out: self.norm(tgt + self.dropout(out)))
 
 
-class CrossAttentionLayer(nn.Module):
+class CrossAttentionLayer(CheckpointedLayer):
     def __init__(self, d_model: int, nhead: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout)
@@ -36,16 +48,22 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
 
-    def forward(self, tgt, memory, allowed, pos, query_pos):
+    def forward(self, tgt, memory, allowed, pos, query_pos, output_attentions: bool = False):
+        """Masked cross-attention; with `output_attentions` also the (B, heads, Q, H·W) weights."""
         key = memory + pos
         if self.pre_norm:
             normed = self.norm(tgt)
-            return tgt + self.dropout(self.multihead_attn(normed + query_pos, key, memory, allowed))
-        out = self.multihead_attn(tgt + query_pos, key, memory, allowed)
-        return self.norm(tgt + self.dropout(out))
+            result = self.multihead_attn(
+                normed + query_pos, key, memory, allowed, output_attentions=output_attentions
+            )
+            return _with_weights(result, output_attentions, lambda out: tgt + self.dropout(out))
+        result = self.multihead_attn(
+            tgt + query_pos, key, memory, allowed, output_attentions=output_attentions
+        )
+        return _with_weights(result, output_attentions, lambda out: self.norm(tgt + self.dropout(out)))
 
 
-class FFNLayer(nn.Module):
+class FFNLayer(CheckpointedLayer):
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -76,8 +94,9 @@ class MLP(nn.Module):
         return x
 
 
-class MaskedTransformerDecoder(nn.Module):
-    """The original `MultiScaleMaskedTransformerDecoder` (state-dict names kept)."""
+class MaskedTransformerDecoder(CheckpointingSwitch, nn.Module):
+    """The original `MultiScaleMaskedTransformerDecoder` (state-dict names kept). Its cross-attention,
+    self-attention and FFN sub-layers are `GradientCheckpointingLayer`s."""
 
     num_feature_levels = 3
 
@@ -110,7 +129,6 @@ class MaskedTransformerDecoder(nn.Module):
         )
         self.class_embed = nn.Linear(hidden, config.num_labels + 1)
         self.mask_embed = MLP(hidden, hidden, config.mask_feature_size, 3)
-        self.gradient_checkpointing = False
 
     def prediction_heads(self, output, mask_features, attn_size):
         """Class logits, mask logits and the next layer's attention mask from the current queries."""
@@ -120,18 +138,27 @@ class MaskedTransformerDecoder(nn.Module):
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
         return class_logits, mask_logits, attention_mask_from_logits(mask_logits, attn_size), decoded
 
-    def _layer(self, i, output, src, pos, query_pos, allowed):
-        output = self.transformer_cross_attention_layers[i](output, src, allowed, pos, query_pos)
-        output = self.transformer_self_attention_layers[i](output, query_pos)
-        return self.transformer_ffn_layers[i](output)
+    def _layer(self, i, output, src, pos, query_pos, allowed, output_attentions=False):
+        """One decoder layer; returns the queries and, with `output_attentions`, (self, cross) weights."""
+        cross = self.transformer_cross_attention_layers[i](
+            output, src, allowed, pos, query_pos, output_attentions=output_attentions
+        )
+        cross, cross_weights = cross if output_attentions else (cross, None)
+        out = self.transformer_self_attention_layers[i](cross, query_pos, output_attentions=output_attentions)
+        out, self_weights = out if output_attentions else (out, None)
+        return self.transformer_ffn_layers[i](out), self_weights, cross_weights
 
     def forward(
         self,
         multi_scale_features: list[torch.Tensor],
         mask_features: torch.Tensor,
         output_hidden_states: bool = False,
-    ):
-        """Returns (class logits per prediction, mask logits per prediction, decoder hidden states)."""
+        output_attentions: bool = False,
+    ) -> dict[str, list]:
+        """Per prediction (the learnable-query one first): "class_logits", "mask_logits", "intermediate" (the
+        normed queries the heads read, (B, Q, C)). Per layer: "hidden" (the queries entering each layer
+        plus the last layer's output, only with `output_hidden_states`), "self_attentions" and
+        "cross_attentions" (only with `output_attentions`). "last": the last layer's output (B, Q, C)."""
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
                 f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}"
@@ -148,23 +175,35 @@ class MaskedTransformerDecoder(nn.Module):
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
 
         class_logits, mask_logits, allowed, decoded = self.prediction_heads(output, mask_features, sizes[0])
-        all_class, all_masks, hidden = (
-            [class_logits],
-            [mask_logits],
-            [decoded] if output_hidden_states else [],
-        )
+        result = {
+            "class_logits": [class_logits],
+            "mask_logits": [mask_logits],
+            "intermediate": [decoded],
+            "hidden": [],
+            "self_attentions": [],
+            "cross_attentions": [],
+        }
         for i in range(self.num_layers):
+            if output_hidden_states:
+                # returned sequence-first (transformers' layout) as the very tensor the layer reads, so
+                # `retain_grad()` on a returned state sees its gradient
+                state = output.transpose(0, 1)
+                result["hidden"].append(state)
+                output = state.transpose(0, 1)
             level = i % self.num_feature_levels
-            args = (i, output, srcs[level], poss[level], query_pos, allowed)
-            if self.gradient_checkpointing and self.training:
-                output = torch.utils.checkpoint.checkpoint(self._layer, *args, use_reentrant=False)
-            else:
-                output = self._layer(*args)
+            output, self_weights, cross_weights = self._layer(
+                i, output, srcs[level], poss[level], query_pos, allowed, output_attentions
+            )
+            if output_attentions:
+                result["self_attentions"].append(self_weights)
+                result["cross_attentions"].append(cross_weights)
             class_logits, mask_logits, allowed, decoded = self.prediction_heads(
                 output, mask_features, sizes[(i + 1) % self.num_feature_levels]
             )
-            all_class.append(class_logits)
-            all_masks.append(mask_logits)
-            if output_hidden_states:
-                hidden.append(decoded)
-        return all_class, all_masks, hidden
+            result["class_logits"].append(class_logits)
+            result["mask_logits"].append(mask_logits)
+            result["intermediate"].append(decoded)
+        if output_hidden_states:
+            result["hidden"].append(output.transpose(0, 1))
+        result["last"] = output
+        return result

@@ -85,10 +85,16 @@ def post_process(
     options = dict(threshold=threshold, mask_threshold=mask_threshold, target_sizes=target_sizes)
     if subtask == "panoptic":
         return processor.post_process_panoptic_segmentation(
-            outputs, overlap_mask_area_threshold=overlap_mask_area_threshold, **options
+            outputs,
+            overlap_mask_area_threshold=overlap_mask_area_threshold,
+            segment_ids="original",
+            **options,
         )
     if subtask == "instance":
-        return processor.post_process_instance_segmentation(outputs, return_binary_maps=True, **options)
+        # bool masks, ids from 1 (the pipeline's own formatting follows)
+        return processor.post_process_instance_segmentation(
+            outputs, return_binary_maps=True, segment_ids="original", **options
+        )
     raise ValueError(f"subtask must be one of {SUBTASKS}, got {subtask!r}")
 
 

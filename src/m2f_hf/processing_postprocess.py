@@ -46,6 +46,8 @@ __all__ = [
 
 # The tasks of the rules (and the pipeline's subtasks), in the pipeline's order of preference.
 TASKS = ("panoptic", "instance", "semantic")
+# segment-id conventions of the result maps: transformers' Mask2Former's, or the original's (detectron2)
+SEGMENT_ID_CONVENTIONS = ("transformers", "original")
 # Chunk sizes are runtime settings (`layers_config`): postprocess_class_chunk (classes scored at once when
 # only the argmax of the semantic map is wanted: peak CLASS_CHUNK x H x W, not num_classes x H x W),
 # postprocess_pixel_block (pixels scored at once on the resize-first path), postprocess_semantic_block
@@ -782,6 +784,9 @@ def unpack_outputs(
             f"{tuple(class_logits.shape)} "
             f"and {tuple(mask_logits.shape)}"
         )
+    # outputs of a model run with autograd on: post-processing never needs gradients (and its in-place and
+    # out= kernels refuse tensors that require them)
+    class_logits, mask_logits = class_logits.detach(), mask_logits.detach()
     if class_logits.dtype in (torch.float16, torch.bfloat16):
         class_logits = class_logits.float()
     if mask_logits.dtype in (torch.float16, torch.bfloat16):
@@ -875,26 +880,39 @@ def panoptic_result(panoptic: torch.Tensor, segments: dict[str, torch.Tensor]) -
 
 
 def instance_result(
-    found: dict[str, torch.Tensor], return_binary_maps: bool = False, return_coco_annotation: bool = False
+    found: dict[str, torch.Tensor],
+    return_binary_maps: bool = False,
+    return_coco_annotation: bool = False,
+    segment_ids: str = "original",
 ) -> dict[str, Any]:
     """`instance_detections`'s dict → the pipeline's result {"segmentation", "segments_info"}.
 
-    "segmentation" is an (H, W) int32 map where overlapping pixels go to the better detection
-    (`instance_map`), the (N, H, W) bool masks with `return_binary_maps`, or one COCO RLE dict per
-    detection with `return_coco_annotation`."""
+    "segmentation" is an (H, W) map where overlapping pixels go to the better detection (`instance_map`),
+    the (N, H, W) masks with `return_binary_maps`, or one COCO RLE dict per detection with
+    `return_coco_annotation`. `segment_ids="original"`: int32 map with 0 = none and ids from 1, bool masks;
+    "transformers": as transformers' Mask2Former, a float32 map with -1 = none and ids from 0, float 0/1
+    masks (and, with no detection at all, the -1 map even for binary maps)."""
+    if segment_ids not in SEGMENT_ID_CONVENTIONS:
+        raise ValueError(f"segment_ids must be one of {SEGMENT_ID_CONVENTIONS}, got {segment_ids!r}")
+    transformers = segment_ids == "transformers"
+    first = 0 if transformers else 1
     if return_coco_annotation and return_binary_maps:
         raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
     labels, scores = found["labels"].tolist(), found["scores"].tolist()
     info = [
-        {"id": i + 1, "label_id": int(label), "was_fused": False, "score": float(score)}
+        {"id": i + first, "label_id": int(label), "was_fused": False, "score": float(score)}
         for i, (label, score) in enumerate(zip(labels, scores, strict=True))
     ]
     masks, mask_index = found["masks"], found["mask_index"]
-    if return_binary_maps:
+    if return_binary_maps and (mask_index.numel() or not transformers):
         segmentation = masks[mask_index]
+        if transformers:
+            segmentation = segmentation.float()
     elif return_coco_annotation:
         encoded = rle_encode(masks)  # each distinct mask once
         segmentation = [dict(encoded[i]) for i in mask_index.tolist()]
     else:
         segmentation = instance_map(masks, mask_index)
+        if transformers:
+            segmentation = segmentation.float() - 1
     return {"segmentation": segmentation, "segments_info": info}

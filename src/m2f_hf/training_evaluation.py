@@ -101,7 +101,9 @@ def evaluate(
                     gt = semantic_from_panoptic(target["panoptic_map"], target["segments_info"])
                 evaluators["semantic"].update(pred, np.asarray(gt, dtype=np.int64))
         if "panoptic" in evaluators:
-            preds = processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
+            preds = processor.post_process_panoptic_segmentation(
+                outputs, target_sizes=sizes, segment_ids="original"
+            )
             for pred, target in zip(preds, targets, strict=True):
                 if target["panoptic_map"] is None:
                     raise ValueError("panoptic evaluation needs panoptic ground truth")
@@ -115,7 +117,7 @@ def evaluate(
         if "instance" in evaluators:
             # AP ranks every top-k detection: no score filter, even if the processor has a calibrated one
             preds = processor.post_process_instance_segmentation(
-                outputs, threshold=0.0, target_sizes=sizes, return_binary_maps=True
+                outputs, threshold=0.0, target_sizes=sizes, return_binary_maps=True, segment_ids="original"
             )
             for pred, target in zip(preds, targets, strict=True):
                 if target["panoptic_map"] is None:

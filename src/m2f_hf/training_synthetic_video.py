@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .processing_postprocess import mask_bbox
 from .training_synthetic import (
     ID2LABEL,
     THING_CLASSES,
     THING_IDS,
-    bbox,
     draw_shape,
     shape_params,
     stuff_layout,
@@ -124,7 +124,7 @@ def make_synthetic_video(
         for f in range(num_frames):
             m = visible[k, f]
             segms.append(_rle(m) if m.any() else None)
-            boxes.append(bbox(m) if m.any() else None)
+            boxes.append(mask_bbox(m) if m.any() else None)
             areas.append(int(m.sum()) if m.any() else None)
         annotations.append(
             {
