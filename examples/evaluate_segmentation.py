@@ -97,7 +97,7 @@ def per_class_pq(model: Any, processor: Any, samples: list[dict[str, Any]]) -> d
             inputs = processor(images=[sample["image"]], return_tensors="pt")
             outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
             pred = processor.post_process_panoptic_segmentation(
-                outputs, target_sizes=[sample["image"].shape[:2]]
+                outputs, target_sizes=[sample["image"].shape[:2]], segment_ids="original"
             )[0]
             segments = [{"id": s["id"], "category_id": s["label_id"]} for s in pred["segments_info"]]
             evaluator.update(
@@ -133,9 +133,9 @@ def recognition_section(model: Any, metrics: dict[str, float], per_class: dict |
     return "\n".join(lines)
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     folder = Path(args.model)
     model = Mask2FormerForUniversalSegmentation.from_pretrained(folder).eval()
     processor = M2fHfImageProcessor.from_pretrained(folder)

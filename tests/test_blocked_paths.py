@@ -10,6 +10,8 @@ blocked path (`layers_blocks.BLOCKED_CALLS`) proves each path ran, and that the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 import torch
 from tiny_m2f import HEAD, LABELS, PROCESSOR, THINGS
@@ -122,7 +124,7 @@ def test_post_processing_blocked_equals_unblocked_bit_for_bit(swin_model, before
 def _assert_identical(a, b, path="result"):
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b), path
-    elif isinstance(a, dict):
+    elif isinstance(a, Mapping):
         assert a.keys() == b.keys(), path
         for key in a:
             _assert_identical(a[key], b[key], f"{path}.{key}")

@@ -234,6 +234,7 @@ def sweep_panoptic(
                     threshold=score,
                     overlap_mask_area_threshold=overlap,
                     target_sizes=[item.original_size],
+                    segment_ids="original",
                 )[0]
                 segments = [{"id": s["id"], "category_id": s["label_id"]} for s in pred["segments_info"]]
                 evaluator.update(
@@ -328,6 +329,7 @@ def sweep_instance(
                 threshold=threshold,
                 target_sizes=[item.original_size],
                 return_binary_maps=True,
+                segment_ids="original",
             )[0]
             masks = pred["segmentation"].numpy().astype(bool)
             labels = [s["label_id"] for s in pred["segments_info"]]
