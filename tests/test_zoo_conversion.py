@@ -281,7 +281,8 @@ def test_syncbn_checkpoint_reproduces_a1_reference_outputs(syncbn_a1):
     with torch.no_grad():
         out = model(pixel_values, output_hidden_states=True)
         embeds = [
-            model.model.transformer_decoder.mask_embed(h) for h in out.transformer_decoder_hidden_states
+            model.model.transformer_decoder.mask_embed(h.transpose(0, 1))
+            for h in out.transformer_decoder_intermediate_states
         ]
     for k, feature in zip(("res2", "res3", "res4", "res5"), out.encoder_hidden_states, strict=True):
         assert max_diff(feature, inter[f"backbone_{k}"]) <= FEATURE_TOL, k
