@@ -269,7 +269,7 @@ def test_fuzz_post_processing():
             ):
                 failures.append(f"{description}: semantic labels outside [0, {classes})")
             if task != "semantic":
-                # 0 (panoptic) or -1 (transformers' instance map; its panoptic map without any candidate) = none
+                # none: 0 (panoptic), -1 (transformers' instance map, or its map without any candidate)
                 ids = set(torch.unique(segmentation).tolist()) - {0, -1}
                 listed = {s["id"] for s in results[i]["segments_info"]}
                 if not ids <= listed:
