@@ -100,10 +100,13 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
 }
 
 SUPPORTED = {
-    "MODEL.META_ARCHITECTURE": ("MaskFormer",),
+    "MODEL.META_ARCHITECTURE": ("MaskFormer", "VideoMaskFormer"),
     "MODEL.SEM_SEG_HEAD.NAME": ("MaskFormerHead",),
     "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": ("MSDeformAttnPixelDecoder",),
-    "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": ("MultiScaleMaskedTransformerDecoder",),
+    "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": (
+        "MultiScaleMaskedTransformerDecoder",
+        "VideoMultiScaleMaskedTransformerDecoder",
+    ),
     "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": ("multi_scale_pixel_decoder",),
     "MODEL.BACKBONE.NAME": ("build_resnet_backbone", "build_resnet_deeplab_backbone", "D2SwinTransformer"),
 }
@@ -435,6 +438,17 @@ def settings_from_original_config(
         notes.append(f"dataset of DATASETS.TRAIN {cfg['DATASETS'].get('TRAIN')} unknown: generic class names")
     labels = label_kwargs(label_set, num_classes, panoptic_on, "MODEL.SEM_SEG_HEAD.NUM_CLASSES")
 
+    video = model["META_ARCHITECTURE"] == "VideoMaskFormer"
+    if video != (mf["TRANSFORMER_DECODER_NAME"] == "VideoMultiScaleMaskedTransformerDecoder"):
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {model['META_ARCHITECTURE']} does not fit "
+            f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {mf['TRANSFORMER_DECODER_NAME']}"
+        )
+    video_kwargs = {}
+    if video:  # the original's video inference keeps a fixed top-10 of (query, class) pairs per clip
+        video_kwargs = dict(
+            video=True, num_frames=int(cfg["INPUT"].get("SAMPLING_FRAME_NUM", 2)), test_topk_per_image=10
+        )
     config = Mask2FormerConfig(
         backbone_type=backbone_type,
         backbone_config=backbone_config,
@@ -467,11 +481,12 @@ def settings_from_original_config(
         panoptic_on=panoptic_on,
         object_mask_threshold=float(test["OBJECT_MASK_THRESHOLD"]),
         overlap_threshold=float(test["OVERLAP_THRESHOLD"]),
-        test_topk_per_image=int(cfg["TEST"]["DETECTIONS_PER_IMAGE"]),
+        test_topk_per_image=video_kwargs.pop("test_topk_per_image", int(cfg["TEST"]["DETECTIONS_PER_IMAGE"])),
         # the original post-processes before inference whenever instance or panoptic output is on
         sem_seg_postprocess_before_inference=bool(test["SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE"])
         or panoptic_on
         or instance_on,
+        **video_kwargs,
         **labels,
     )
     processor_kwargs = processor_kwargs_for(
