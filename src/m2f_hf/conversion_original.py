@@ -423,7 +423,22 @@ def build_processor(settings: OriginalSettings):
     """The image processor that reproduces the original test-time preprocessing and post-processing."""
     from .image_processing_m2f import M2fHfImageProcessor
 
+    if settings.config.video:
+        from .processing_video_m2f import M2fHfVideoProcessor
+
+        return M2fHfVideoProcessor(**settings.processor_kwargs)
     return M2fHfImageProcessor(**settings.processor_kwargs)
+
+
+def model_class_for(config):
+    """The model class of a converted config: the video model for VideoMaskFormer configs."""
+    if getattr(config, "video", False):
+        from .modeling_video_m2f import Mask2FormerForVideoInstanceSegmentation
+
+        return Mask2FormerForVideoInstanceSegmentation
+    from .modeling_m2f import Mask2FormerForUniversalSegmentation
+
+    return Mask2FormerForUniversalSegmentation
 
 
 def model_card(report: ConversionReport, repo_id: str | None, processor: Any = None) -> str:
@@ -476,8 +491,6 @@ def convert_checkpoint(
 
     strict: unused original keys or missing model keys are an error (otherwise listed in the report).
     """
-    from .modeling_m2f import Mask2FormerForUniversalSegmentation
-
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(TORCH_DTYPES)}")
     ckpt = checkpoint if isinstance(checkpoint, OriginalCheckpoint) else load_original_checkpoint(checkpoint)
@@ -486,7 +499,7 @@ def convert_checkpoint(
     else:
         settings = infer_settings_from_state_dict(rename_state_dict(ckpt.state_dict), dataset)
 
-    model = Mask2FormerForUniversalSegmentation(settings.config).eval()
+    model = model_class_for(settings.config)(settings.config).eval()
     target = model.state_dict()
     mapping = map_state_dict(ckpt.state_dict, target, _derived_buffers(model), progress=progress)
     missing = [k for k in mapping.missing if not k.startswith(TRAINING_ONLY_PREFIXES)]

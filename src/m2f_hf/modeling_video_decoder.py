@@ -68,7 +68,9 @@ class VideoMaskedTransformerDecoder(MaskedTransformerDecoder):
             pos = self.pe_layer(x.view(batch, frames, -1, h, w))  # (B, T, C, h, w)
             poss.append(pos.permute(0, 1, 3, 4, 2).reshape(batch, frames * h * w, -1))
             src = self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]  # (BT, C, hw)
-            srcs.append(src.view(batch, frames, -1, h * w).permute(0, 1, 3, 2).reshape(batch, frames * h * w, -1))
+            srcs.append(
+                src.view(batch, frames, -1, h * w).permute(0, 1, 3, 2).reshape(batch, frames * h * w, -1)
+            )
         mask_features = mask_features.view(batch, frames, *mask_features.shape[1:])
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
