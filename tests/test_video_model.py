@@ -1,4 +1,4 @@
-"""Video model (VideoMaskFormer) parity with the original on the A5 fixture, its processor and post-processing."""
+"""Video model (VideoMaskFormer): parity with the original on the A5 fixture, processor, post-processing."""
 
 from __future__ import annotations
 

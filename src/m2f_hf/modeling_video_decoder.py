@@ -17,7 +17,9 @@ from .modeling_transformer_decoder import MaskedTransformerDecoder
 
 
 def video_attention_mask_from_logits(mask_logits: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
-    """(B, Q, T, h, w) mask logits → (B, Q, T·H·W) bool "may attend"; an all-blocked query attends everywhere."""
+    """(B, Q, T, h, w) mask logits → (B, Q, T·H·W) bool "may attend".
+
+    An all-blocked query attends everywhere, as in the image decoder."""
     batch, queries, frames = mask_logits.shape[:3]
     resized = F.interpolate(mask_logits.flatten(0, 1), size=target_size, mode="bilinear", align_corners=False)
     blocked = resized.view(batch, queries, -1).sigmoid() < 0.5

@@ -60,7 +60,7 @@ class M2fHfVideoProcessor(M2fHfImageProcessor):
         shortest = size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge
         longest = size.get("longest_edge") if isinstance(size, dict) else size.longest_edge
         frames, image_sizes, original_sizes = [], [], []
-        for c, clip in enumerate(clips):
+        for clip in clips:
             arrays = [_to_rgb_uint8(f, i, input_data_format) for i, f in enumerate(clip)]
             height, width = arrays[0].shape[:2]
             shape = resized_shape(height, width, shortest, longest) if do_resize else (height, width)

@@ -37,7 +37,7 @@ def video_instance_inference(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     class_logits = class_logits.float()
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    num_classes = class_logits.shape[1] - 1
     scores = class_logits.softmax(-1)[:, :-1]
     k = min(top_k, scores.numel())
     top_scores, flat = scores.flatten().topk(k, sorted=True)
