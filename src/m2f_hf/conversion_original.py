@@ -334,7 +334,9 @@ def infer_settings_from_state_dict(sd: Mapping[str, torch.Tensor], dataset: str)
     arch, notes = infer_architecture(sd)
     label_set, _ = resolve_label_set(None, dataset)
     window = arch["backbone_config"].get("window_size")
-    test = zoo_test_settings(label_set.key, arch["backbone_type"], window)
+    test = zoo_test_settings(
+        label_set.key, arch["backbone_type"], window, arch["backbone_config"].get("embed_dim")
+    )
     num_labels = arch.pop("num_labels")
     labels = label_kwargs(label_set, num_labels, test["panoptic_on"], "class_embed of the checkpoint")
     size_divisibility = 32
@@ -451,6 +453,13 @@ def model_card(report: ConversionReport, repo_id: str | None, processor: Any = N
         f"**Source checkpoint:** `{report.checkpoint.name}` (sha256 `{report.checkpoint_sha256}`)",
         f"**Source config:** `{source_cfg}`",
     ]
+    extra_sections = None
+    if cfg.video:
+        details.append(
+            "Video instance segmentation model (the original VideoMaskFormer, YouTube-VIS): load it with "
+            "`Mask2FormerForVideoInstanceSegmentation` and `M2fHfVideoProcessor` (see Video usage)."
+        )
+        extra_sections = {"Video usage": VIDEO_USAGE.format(name=repo_id or str(report.output_dir))}
     if report.flipped_input_channels:
         details.append(
             "The original was fed BGR images; the first-layer weights were re-ordered so this model "
@@ -474,7 +483,26 @@ def model_card(report: ConversionReport, repo_id: str | None, processor: Any = N
             "these converted weights carry the same license."
         ),
         notes=[report.mapping.summary(), *s.notes],
+        extra_sections=extra_sections,
     )
+
+
+VIDEO_USAGE = """```python
+import torch
+from PIL import Image
+from m2f_hf.modeling_video_m2f import Mask2FormerForVideoInstanceSegmentation
+from m2f_hf.processing_video_m2f import M2fHfVideoProcessor
+
+processor = M2fHfVideoProcessor.from_pretrained("{name}")
+model = Mask2FormerForVideoInstanceSegmentation.from_pretrained("{name}").eval()
+frames = [Image.open(f"frames/{{i:05d}}.jpg") for i in range(8)]
+inputs = processor(videos=[frames], return_tensors="pt")
+with torch.no_grad():
+    outputs = model(inputs["pixel_values_videos"])
+instances = processor.post_process_video_instance_segmentation(
+    outputs, target_sizes=inputs["original_sizes"]
+)[0]  # [{{"score", "label_id", "masks" (T, H, W) bool}}, ...], the original's top 10
+```"""
 
 
 def convert_checkpoint(

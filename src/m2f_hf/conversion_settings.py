@@ -139,7 +139,12 @@ ZOO_DATASET_SETTINGS: dict[str, dict[str, Any]] = {
     "mapillary_panoptic": dict(
         min_size=2048, max_size=2048, tasks=(True, False, True), object_mask_threshold=0.0, ignore_value=65
     ),
+    # YouTube-VIS (VideoMaskFormer): 360 for ResNet, 480 for Swin except the 2021 Swin-L config (360)
+    "ytvis_2019": dict(min_size=360, max_size=1333, tasks=(False, True, False), object_mask_threshold=0.8),
+    "ytvis_2021": dict(min_size=360, max_size=1333, tasks=(False, True, False), object_mask_threshold=0.8),
 }
+VIDEO_DATASETS = ("ytvis_2019", "ytvis_2021")
+VIDEO_SWIN_MIN_SIZE = 480
 # ADE20K semantic Swin models pretrained at 384 (window 12) were trained and tested at 640
 ADE20K_SEMANTIC_SWIN384_SIZES = (640, 2560)
 IMAGENET_MEAN_RGB = [123.675, 116.28, 103.53]
@@ -509,10 +514,15 @@ def settings_from_original_config(
     )
 
 
-def zoo_test_settings(dataset: str, backbone_type: str, window_size: int | None = None) -> dict[str, Any]:
+def zoo_test_settings(
+    dataset: str, backbone_type: str, window_size: int | None = None, embed_dim: int | None = None
+) -> dict[str, Any]:
     """Test-time options of the zoo config for `dataset` (used when no yaml is given)."""
     label_set = get_label_set(dataset)
     facts = dict(ZOO_DATASET_SETTINGS[label_set.key])
+    video = label_set.key in VIDEO_DATASETS
+    if video and backbone_type == "swin" and not (label_set.key == "ytvis_2021" and embed_dim == 192):
+        facts["min_size"] = VIDEO_SWIN_MIN_SIZE
     if label_set.key == "ade20k_semantic" and backbone_type == "swin" and window_size == 12:
         facts["min_size"], facts["max_size"] = ADE20K_SEMANTIC_SWIN384_SIZES
     semantic_on, instance_on, panoptic_on = facts["tasks"]
@@ -522,8 +532,10 @@ def zoo_test_settings(dataset: str, backbone_type: str, window_size: int | None 
         "panoptic_on": panoptic_on,
         "object_mask_threshold": facts["object_mask_threshold"],
         "overlap_threshold": 0.8,
-        "test_topk_per_image": 100,
+        "test_topk_per_image": 10 if video else 100,
         "sem_seg_postprocess_before_inference": instance_on or panoptic_on,
+        "video": video,
+        "num_frames": 2,  # INPUT.SAMPLING_FRAME_NUM of every video zoo config
         "ignore_value": facts.get("ignore_value", 255),
         "min_size": facts["min_size"],
         "max_size": facts["max_size"],
@@ -539,6 +551,8 @@ ZOO_CONFIG_FIELDS = (
     "overlap_threshold",
     "test_topk_per_image",
     "sem_seg_postprocess_before_inference",
+    "video",
+    "num_frames",
 )
 
 
