@@ -227,3 +227,48 @@ def test_loss_hook():
         out = model(clips, mask_labels=masks, class_labels=labels)
         assert torch.isfinite(out.loss)
         out.loss.backward()
+
+
+REMOTE = """
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "m2f_hf" or name.startswith("m2f_hf."):
+            raise ImportError("blocked")
+
+sys.meta_path.insert(0, Block())
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+folder, frames = sys.argv[1], sys.argv[2:]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+inputs = processor(videos=[[Image.open(f) for f in frames]], return_tensors="pt")
+with torch.no_grad():
+    out = model(inputs["pixel_values_videos"])
+np.save(folder + "/remote_masks.npy", out.masks_queries_logits.numpy())
+print("TYPES" + json.dumps([type(model).__name__, type(processor).__name__]))
+"""
+
+
+def test_hub_folder_loads_the_video_classes_as_remote_code(converted, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "hub"
+    shutil.copytree(oracle.converted(NAME), folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"].endswith(".Mask2FormerForVideoInstanceSegmentation")
+    assert (folder / "modeling_video_m2f.py").is_file() and (folder / "processing_video_m2f.py").is_file()
+    frames = [str(FOLDER / f"input_frame{i}.png") for i in range(3)]
+    done = subprocess.run(
+        [sys.executable, "-c", REMOTE, str(folder), *frames], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    types = json.loads(done.stdout.split("TYPES")[-1])
+    assert types == ["Mask2FormerForVideoInstanceSegmentation", "M2fHfVideoProcessor"]
+    raw = np.load(FOLDER / "raw_outputs.npz")
+    np.testing.assert_allclose(np.load(folder / "remote_masks.npy"), raw["pred_masks"], atol=MASK_TOL)
