@@ -272,3 +272,39 @@ def test_hub_folder_loads_the_video_classes_as_remote_code(converted, tmp_path):
     assert types == ["Mask2FormerForVideoInstanceSegmentation", "M2fHfVideoProcessor"]
     raw = np.load(FOLDER / "raw_outputs.npz")
     np.testing.assert_allclose(np.load(folder / "remote_masks.npy"), raw["pred_masks"], atol=MASK_TOL)
+
+
+def test_windowed_inference_links_windows():
+    from m2f_hf.modeling_video_windowed import windowed_video_inference
+
+    torch.manual_seed(0)
+    model = Mask2FormerForVideoInstanceSegmentation(_tiny_config()).eval()
+    clip = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        full = model(clip[None])
+    one = windowed_video_inference(model, clip, window=8)  # one window = the full forward
+    torch.testing.assert_close(one.masks_queries_logits, full.masks_queries_logits)
+    torch.testing.assert_close(one.class_queries_logits, full.class_queries_logits)
+    # a clip made of the same 2-frame window three times: each window links to itself, tubes repeat
+    repeated = torch.cat([clip[:2]] * 3)
+    linked = windowed_video_inference(model, repeated, window=2)
+    with torch.no_grad():
+        part = model(clip[None, :2])
+    assert linked.masks_queries_logits.shape == (1, 6, 6, 16, 16)
+    torch.testing.assert_close(linked.masks_queries_logits, part.masks_queries_logits.repeat(1, 1, 3, 1, 1))
+    torch.testing.assert_close(linked.class_queries_logits, part.class_queries_logits)
+    # a window whose queries come back permuted is linked back to the tracks
+    perm = torch.randperm(6)
+    calls = []
+
+    def permuted(pixel_values_videos, **kwargs):
+        out = model(pixel_values_videos, **kwargs)
+        if calls:
+            out.class_queries_logits = out.class_queries_logits[:, perm]
+            out.masks_queries_logits = out.masks_queries_logits[:, perm]
+            out.transformer_decoder_last_hidden_state = out.transformer_decoder_last_hidden_state[:, perm]
+        calls.append(1)
+        return out
+
+    relinked = windowed_video_inference(permuted, repeated, window=2)
+    torch.testing.assert_close(relinked.masks_queries_logits, linked.masks_queries_logits)
