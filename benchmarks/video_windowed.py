@@ -40,7 +40,12 @@ def tiny_model():
     torch.manual_seed(0)
     config = Mask2FormerConfig(
         backbone_type="swin",
-        backbone_config={"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4},
+        backbone_config={
+            "embed_dim": 16,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 2, 4, 8],
+            "window_size": 4,
+        },
         feature_size=32,
         mask_feature_size=32,
         hidden_dim=32,
@@ -89,7 +94,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for window in [0, *args.windows]:
             out = str(Path(tmp) / f"{window}.pt")
-            cmd = [sys.executable, __file__, "--frames", str(args.frames), "--mode", str(window), "--out", out]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--frames",
+                str(args.frames),
+                "--mode",
+                str(window),
+                "--out",
+                out,
+            ]
             subprocess.run(cmd, check=True)
             results[window] = torch.load(out, weights_only=False)
     full = results[0]["found"]
