@@ -134,7 +134,8 @@ def _cmd_predict_video(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
     )
     print(
-        f"{len(summary['instances'])} instance(s) over {summary['num_frames']} frames written to {args.output}"
+        f"{len(summary['instances'])} instance(s) over {summary['num_frames']} frames, written to "
+        f"{args.output}"
     )
     return 0
 
