@@ -27,7 +27,10 @@ from m2f_hf.conversion_original import (
 from m2f_hf.conversion_settings import load_original_yaml, settings_from_original_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "model_final.pkl").is_file())
+# image fixtures (the video fixture A5 is covered by test_video_model.py / test_video_conversion.py)
+FIXTURE_NAMES = sorted(
+    p.name for p in FIXTURES.iterdir() if (p / "model_final.pkl").is_file() and not p.name.endswith("_video")
+)
 REPO = Path(__file__).resolve().parents[1]
 CLASS_TOL, MASK_TOL = 1e-4, 2e-4
 
