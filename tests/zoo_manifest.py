@@ -26,7 +26,6 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DOC = Path(__file__).parents[1] / "docs" / "conversion.md"
-VIDEO_STATUS = "see video issue (#14)"
 
 
 def load_manifest() -> dict[str, Any]:
@@ -40,6 +39,10 @@ def load_effective() -> dict[str, dict[str, Any]]:
 
 def image_configs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in manifest["configs"] if c["meta_architecture"] == "MaskFormer"]
+
+
+def video_configs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in manifest["configs"] if c["meta_architecture"] == "VideoMaskFormer"]
 
 
 def key_style(index: int) -> str:
@@ -148,7 +151,12 @@ def original_yaml(effective: dict[str, Any]) -> dict[str, Any]:
     }
     return {
         "MODEL": model,
-        "INPUT": {"MIN_SIZE_TEST": e["min_test"], "MAX_SIZE_TEST": e["max_test"], "FORMAT": e["fmt"]},
+        "INPUT": {
+            "MIN_SIZE_TEST": e["min_test"],
+            "MAX_SIZE_TEST": e["max_test"],
+            "FORMAT": e["fmt"],
+            **({"SAMPLING_FRAME_NUM": e["num_frames"]} if "num_frames" in e else {}),
+        },
         "DATASETS": {"TRAIN": [e["train_ds"]], "TEST": [e["test_ds"]]},
         "TEST": {"DETECTIONS_PER_IMAGE": e["topk"]},
     }
@@ -225,6 +233,16 @@ def check_plan(entry: dict[str, Any], effective: dict[str, Any], style: str, rou
     assert len(mapping.dropped) == expected_int64, (where, len(mapping.dropped), entry["non_float32_summary"])
 
     config = settings.config
+    video = effective["arch"] == "VideoMaskFormer"
+    assert config.video == video, where
+    if video:  # the video model, its processor and the original's fixed top-10 per clip
+        assert type(model).__name__ == "Mask2FormerForVideoInstanceSegmentation", where
+        assert settings.processor_kwargs["test_topk_per_image"] == 10, where
+        assert config.num_frames == effective["num_frames"], where
+    assert settings.processor_kwargs["size"] == {
+        "shortest_edge": effective["min_test"],
+        "longest_edge": effective["max_test"],
+    }, where
     assert config.num_queries == effective["queries"] == entry["num_queries"], where
     assert config.num_labels == effective["classes"] == entry["num_classes"], where
     assert config.hidden_dim == effective["hidden"] == entry["hidden_dim"], where
@@ -270,6 +288,7 @@ ARCHITECTURE_FIELDS = (
     "enforce_input_projection",
     "num_queries",
     "num_labels",
+    "video",
 )
 
 
@@ -286,11 +305,12 @@ def status_line(results: dict[str, Any]) -> str:
 
 
 def collect(entries: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Plan every image config both ways; config -> results (raises on the first failing config)."""
+    """Plan every zoo config (image and video) both ways; config -> results (raises on the first failing
+    config)."""
     manifest = load_manifest()
     effective = load_effective()
     results = {}
-    for i, entry in enumerate(entries or image_configs(manifest)):
+    for i, entry in enumerate(entries or manifest["configs"]):
         style = key_style(i)
         e = effective[entry["config"]]
         by_yaml = check_plan(entry, e, style, "yaml")
@@ -324,6 +344,8 @@ FULL_REAL_WIDTH = {
     "ade20k/semantic-segmentation/swin/maskformer2_swin_tiny_bs16_160k.yaml": "Swin-T",
     "coco/instance-segmentation/swin/maskformer2_swin_base_384_bs16_50ep.yaml": "Swin-B 384",
     "coco/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml": "Swin-L 200 queries",
+    # video: real-width model, one forward on a tiny clip (tests/test_video_conversion.py)
+    "youtubevis_2021/video_maskformer2_R50_bs16_8ep.yaml": "video R50",
 }
 
 # ---------------------------------------------------------------- docs/conversion.md status column
@@ -354,10 +376,7 @@ def render_doc(text: str, results: dict[str, dict[str, Any]], manifest: dict[str
             seen.add(cfg)
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             entry = entries[cfg]
-            if entry["meta_architecture"] == "MaskFormer":
-                status = status_line(results[cfg]) if cfg in results else "NOT CHECKED"
-            else:
-                status = VIDEO_STATUS
+            status = status_line(results[cfg]) if cfg in results else "NOT CHECKED"
             cells = [cells[0], backbone_label(effective[cfg]), str(entry["num_queries"]), *cells[3:6], status]
             line = "| " + " | ".join(cells) + " |"
         out.append(line)

@@ -289,6 +289,9 @@ class Mask2FormerConfig(PreTrainedConfig):
     panoptic_on: bool = False
     init_std: float = 0.02
     output_auxiliary_logits: bool | None = None
+    # video (the original's VideoMaskFormer meta-architecture): one clip of `num_frames` frames per sample
+    video: bool = False
+    num_frames: int = 2  # INPUT.SAMPLING_FRAME_NUM (frames per training clip; inference takes any length)
 
     def __post_init__(self, **kwargs):
         dropped = {key: kwargs.pop(key) for key in PROCESSOR_SETTINGS if key in kwargs}
@@ -322,6 +325,8 @@ class Mask2FormerConfig(PreTrainedConfig):
             given = AutoConfig.for_model(options.pop("model_type"), **options)
         self.backbone_config = given
         self.deformable_in_features = list(self.deformable_in_features)
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers (DEC_LAYERS) must be >= 1, got {self.decoder_layers}")
         for name in ("hidden_dim", "feature_size"):

@@ -774,6 +774,93 @@ _MAPILLARY_THING_IDS: tuple[int, ...] = (
 )
 
 
+# YouTube-VIS categories in the order of their dataset ids 1..40 (the original's YTVIS_CATEGORIES_2019/2021)
+_YTVIS_2019_NAMES: tuple[str, ...] = (
+    "person",
+    "giant_panda",
+    "lizard",
+    "parrot",
+    "skateboard",
+    "sedan",
+    "ape",
+    "dog",
+    "snake",
+    "monkey",
+    "hand",
+    "rabbit",
+    "duck",
+    "cat",
+    "cow",
+    "fish",
+    "train",
+    "horse",
+    "turtle",
+    "bear",
+    "motorbike",
+    "giraffe",
+    "leopard",
+    "fox",
+    "deer",
+    "owl",
+    "surfboard",
+    "airplane",
+    "truck",
+    "zebra",
+    "tiger",
+    "elephant",
+    "snowboard",
+    "boat",
+    "shark",
+    "mouse",
+    "frog",
+    "eagle",
+    "earless_seal",
+    "tennis_racket",
+)
+_YTVIS_2021_NAMES: tuple[str, ...] = (
+    "airplane",
+    "bear",
+    "bird",
+    "boat",
+    "car",
+    "cat",
+    "cow",
+    "deer",
+    "dog",
+    "duck",
+    "earless_seal",
+    "elephant",
+    "fish",
+    "flying_disc",
+    "fox",
+    "frog",
+    "giant_panda",
+    "giraffe",
+    "horse",
+    "leopard",
+    "lizard",
+    "monkey",
+    "motorbike",
+    "mouse",
+    "parrot",
+    "person",
+    "rabbit",
+    "shark",
+    "skateboard",
+    "snake",
+    "snowboard",
+    "squirrel",
+    "surfboard",
+    "tennis_racket",
+    "tiger",
+    "train",
+    "truck",
+    "turtle",
+    "whale",
+    "zebra",
+)
+
+
 @dataclass(frozen=True)
 class LabelSet:
     """Contiguous class names of one dataset and which of them the original treats as things.
@@ -784,7 +871,7 @@ class LabelSet:
     """
 
     key: str
-    task: str  # "panoptic", "instance" or "semantic"
+    task: str  # "panoptic", "instance", "semantic" or "video_instance"
     names: tuple[str, ...]
     thing_ids: tuple[int, ...]
     is_thing_class: tuple[bool, ...]
@@ -888,6 +975,22 @@ LABEL_SETS: dict[str, LabelSet] = {
         _flags(65, _MAPILLARY_THING_IDS),
         tuple(range(1, 66)),
     ),
+    "ytvis_2019": LabelSet(
+        "ytvis_2019",
+        "video_instance",
+        _YTVIS_2019_NAMES,
+        tuple(range(40)),
+        _flags(40, range(40)),
+        tuple(range(1, 41)),
+    ),
+    "ytvis_2021": LabelSet(
+        "ytvis_2021",
+        "video_instance",
+        _YTVIS_2021_NAMES,
+        tuple(range(40)),
+        _flags(40, range(40)),
+        tuple(range(1, 41)),
+    ),
 }
 
 # detectron2 dataset names (DATASETS.TRAIN / DATASETS.TEST of the zoo configs) -> label set key
@@ -914,6 +1017,12 @@ DATASET_NAME_TO_LABEL_SET: dict[str, str] = {
     "mapillary_vistas_sem_seg_val": "mapillary_semantic",
     "mapillary_vistas_panoptic_train": "mapillary_panoptic",
     "mapillary_vistas_panoptic_val": "mapillary_panoptic",
+    "ytvis_2019_train": "ytvis_2019",
+    "ytvis_2019_val": "ytvis_2019",
+    "ytvis_2019_test": "ytvis_2019",
+    "ytvis_2021_train": "ytvis_2021",
+    "ytvis_2021_val": "ytvis_2021",
+    "ytvis_2021_test": "ytvis_2021",
 }
 
 

@@ -357,7 +357,9 @@ def infer_settings_from_state_dict(sd: Mapping[str, torch.Tensor], dataset: str)
     arch, notes = infer_architecture(sd)
     label_set, _ = resolve_label_set(None, dataset)
     window = arch["backbone_config"].get("window_size")
-    test = zoo_test_settings(label_set.key, arch["backbone_type"], window)
+    test = zoo_test_settings(
+        label_set.key, arch["backbone_type"], window, arch["backbone_config"].get("embed_dim")
+    )
     num_labels = arch.pop("num_labels")
     labels = label_kwargs(label_set, num_labels, test["panoptic_on"], "class_embed of the checkpoint")
     size_divisibility = 32
@@ -440,6 +442,17 @@ def _derived_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return derived
 
 
+def model_class_for(config: Mask2FormerConfig) -> type:
+    """The model class of a converted config: the video model for VideoMaskFormer configs."""
+    if getattr(config, "video", False):
+        from .modeling_video_m2f import Mask2FormerForVideoInstanceSegmentation
+
+        return Mask2FormerForVideoInstanceSegmentation
+    from .modeling_m2f import Mask2FormerForUniversalSegmentation
+
+    return Mask2FormerForUniversalSegmentation
+
+
 def plan_conversion(
     checkpoint: OriginalCheckpoint,
     config_path: str | Path | dict | None = None,
@@ -456,17 +469,15 @@ def plan_conversion(
     model at no memory cost (derived buffers are then compared by shape only).
     strict: unused original keys or missing model keys are an error (otherwise listed in the mapping).
     """
-    from .modeling_m2f import Mask2FormerForUniversalSegmentation
-
     if config_path is not None:
         settings = settings_from_original_config(config_path, dataset=dataset)
     else:
         settings = infer_settings_from_state_dict(rename_state_dict(checkpoint.state_dict), dataset)
     if device is None:
-        model = Mask2FormerForUniversalSegmentation(settings.config).eval()
+        model = model_class_for(settings.config)(settings.config).eval()
     else:
         with torch.device(device):
-            model = Mask2FormerForUniversalSegmentation(settings.config).eval()
+            model = model_class_for(settings.config)(settings.config).eval()
     target = model.state_dict()
     mapping = map_state_dict(checkpoint.state_dict, target, _derived_buffers(model), progress=progress)
     missing = [k for k in mapping.missing if not k.startswith(TRAINING_ONLY_PREFIXES)]
@@ -533,6 +544,7 @@ __all__ = [
     "infer_architecture",
     "infer_settings_from_state_dict",
     "map_state_dict",
+    "model_class_for",
     "plan_conversion",
     "rename_original_key",
     "rename_state_dict",

@@ -102,10 +102,13 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
 }
 
 SUPPORTED = {
-    "MODEL.META_ARCHITECTURE": ("MaskFormer",),
+    "MODEL.META_ARCHITECTURE": ("MaskFormer", "VideoMaskFormer"),
     "MODEL.SEM_SEG_HEAD.NAME": ("MaskFormerHead",),
     "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": ("MSDeformAttnPixelDecoder",),
-    "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": ("MultiScaleMaskedTransformerDecoder",),
+    "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": (
+        "MultiScaleMaskedTransformerDecoder",
+        "VideoMultiScaleMaskedTransformerDecoder",
+    ),
     "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": ("multi_scale_pixel_decoder",),
     "MODEL.BACKBONE.NAME": ("build_resnet_backbone", "build_resnet_deeplab_backbone", "D2SwinTransformer"),
 }
@@ -138,7 +141,12 @@ ZOO_DATASET_SETTINGS: dict[str, dict[str, Any]] = {
     "mapillary_panoptic": dict(
         min_size=2048, max_size=2048, tasks=(True, False, True), object_mask_threshold=0.0, ignore_value=65
     ),
+    # YouTube-VIS (VideoMaskFormer): 360 for ResNet, 480 for Swin except the 2021 Swin-L config (360)
+    "ytvis_2019": dict(min_size=360, max_size=1333, tasks=(False, True, False), object_mask_threshold=0.8),
+    "ytvis_2021": dict(min_size=360, max_size=1333, tasks=(False, True, False), object_mask_threshold=0.8),
 }
+VIDEO_DATASETS = ("ytvis_2019", "ytvis_2021")
+VIDEO_SWIN_MIN_SIZE = 480
 # ADE20K semantic Swin models pretrained at 384 (window 12) were trained and tested at 640
 ADE20K_SEMANTIC_SWIN384_SIZES = (640, 2560)
 # the processor's defaults: ImageNet mean / std in the 0-255 RGB scale
@@ -390,6 +398,10 @@ def build_processor(settings: OriginalSettings):
     post-processing): the one processor builder of both converters."""
     from .image_processing_m2f import M2fHfImageProcessor
 
+    if settings.config.video:
+        from .processing_video_m2f import M2fHfVideoProcessor
+
+        return M2fHfVideoProcessor(**settings.processor_kwargs)
     return M2fHfImageProcessor(**settings.processor_kwargs)
 
 
@@ -449,6 +461,16 @@ def settings_from_original_config(
         notes.append(f"dataset of DATASETS.TRAIN {cfg['DATASETS'].get('TRAIN')} unknown: generic class names")
     labels = label_kwargs(label_set, num_classes, panoptic_on, "MODEL.SEM_SEG_HEAD.NUM_CLASSES")
 
+    video = model["META_ARCHITECTURE"] == "VideoMaskFormer"
+    if video != (mf["TRANSFORMER_DECODER_NAME"] == "VideoMultiScaleMaskedTransformerDecoder"):
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {model['META_ARCHITECTURE']} does not fit "
+            f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {mf['TRANSFORMER_DECODER_NAME']}"
+        )
+    video_kwargs = {}
+    video_topk = 10  # the original's video inference keeps a fixed top-10 of (query, class) pairs per clip
+    if video:
+        video_kwargs = dict(video=True, num_frames=int(cfg["INPUT"].get("SAMPLING_FRAME_NUM", 2)))
     config = Mask2FormerConfig(
         backbone_type=backbone_type,
         backbone_config=backbone_config,
@@ -479,6 +501,7 @@ def settings_from_original_config(
         semantic_on=semantic_on,
         instance_on=instance_on,
         panoptic_on=panoptic_on,
+        **video_kwargs,
         **labels,
     )
     processor_test = {
@@ -486,7 +509,7 @@ def settings_from_original_config(
         "max_size": cfg["INPUT"]["MAX_SIZE_TEST"],
         "object_mask_threshold": float(test["OBJECT_MASK_THRESHOLD"]),
         "overlap_threshold": float(test["OVERLAP_THRESHOLD"]),
-        "test_topk_per_image": int(cfg["TEST"]["DETECTIONS_PER_IMAGE"]),
+        "test_topk_per_image": video_topk if video else int(cfg["TEST"]["DETECTIONS_PER_IMAGE"]),
         # the original post-processes before inference whenever instance or panoptic output is on
         "sem_seg_postprocess_before_inference": bool(test["SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE"])
         or panoptic_on
@@ -510,10 +533,15 @@ def settings_from_original_config(
     )
 
 
-def zoo_test_settings(dataset: str, backbone_type: str, window_size: int | None = None) -> dict[str, Any]:
+def zoo_test_settings(
+    dataset: str, backbone_type: str, window_size: int | None = None, embed_dim: int | None = None
+) -> dict[str, Any]:
     """Test-time options of the zoo config for `dataset` (used when no yaml is given)."""
     label_set = get_label_set(dataset)
     facts = dict(ZOO_DATASET_SETTINGS[label_set.key])
+    video = label_set.key in VIDEO_DATASETS
+    if video and backbone_type == "swin" and not (label_set.key == "ytvis_2021" and embed_dim == 192):
+        facts["min_size"] = VIDEO_SWIN_MIN_SIZE
     if label_set.key == "ade20k_semantic" and backbone_type == "swin" and window_size == 12:
         facts["min_size"], facts["max_size"] = ADE20K_SEMANTIC_SWIN384_SIZES
     semantic_on, instance_on, panoptic_on = facts["tasks"]
@@ -523,8 +551,10 @@ def zoo_test_settings(dataset: str, backbone_type: str, window_size: int | None 
         "panoptic_on": panoptic_on,
         "object_mask_threshold": facts["object_mask_threshold"],
         "overlap_threshold": 0.8,
-        "test_topk_per_image": 100,
+        "test_topk_per_image": 10 if video else 100,
         "sem_seg_postprocess_before_inference": instance_on or panoptic_on,
+        "video": video,
+        "num_frames": 2,  # INPUT.SAMPLING_FRAME_NUM of every video zoo config
         "ignore_value": facts.get("ignore_value", 255),
         "min_size": facts["min_size"],
         "max_size": facts["max_size"],
@@ -533,7 +563,7 @@ def zoo_test_settings(dataset: str, backbone_type: str, window_size: int | None 
 
 # the `zoo_test_settings` entries that are Mask2FormerConfig fields of the same name (the others are sizes
 # and the image processor's `PROCESSOR_SETTINGS`)
-ZOO_CONFIG_FIELDS = ("semantic_on", "instance_on", "panoptic_on")
+ZOO_CONFIG_FIELDS = ("semantic_on", "instance_on", "panoptic_on", "video", "num_frames")
 
 
 def zoo_config_kwargs(test: Mapping[str, Any]) -> dict[str, Any]:

@@ -619,6 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict_p.add_argument("--quiet", action="store_true", help="no progress bar")
     predict_p.set_defaults(run=_cmd_predict)
 
+    from .ecosystem_video import add_predict_video_parser
+
+    add_predict_video_parser(commands)
+
     demo_p = commands.add_parser(
         "demo",
         help="the bundled demo model on a generated synthetic scene: panoptic, instance, semantic overlays",

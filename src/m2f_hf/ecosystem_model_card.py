@@ -291,6 +291,13 @@ def original_conversion_card(report: Any, repo_id: str | None, processor: Any = 
         f"**Source checkpoint:** `{report.checkpoint.name}` (sha256 `{report.checkpoint_sha256}`)",
         f"**Source config:** `{source_cfg}`",
     ]
+    extra_sections = None
+    if getattr(s.config, "video", False):
+        details.append(
+            "Video instance segmentation model (the original VideoMaskFormer, YouTube-VIS): load it with "
+            "`Mask2FormerForVideoInstanceSegmentation` and `M2fHfVideoProcessor` (see Video usage)."
+        )
+        extra_sections = {"Video usage": VIDEO_USAGE.format(name=repo_id or str(report.output_dir))}
     if report.flipped_input_channels:
         details.append(
             "The original was fed BGR images; the first-layer weights were re-ordered so this model "
@@ -314,7 +321,26 @@ def original_conversion_card(report: Any, repo_id: str | None, processor: Any = 
             "these converted weights carry the same license."
         ),
         notes=[report.mapping.summary(), *s.notes],
+        extra_sections=extra_sections,
     )
+
+
+VIDEO_USAGE = """```python
+import torch
+from PIL import Image
+from m2f_hf.modeling_video_m2f import Mask2FormerForVideoInstanceSegmentation
+from m2f_hf.processing_video_m2f import M2fHfVideoProcessor
+
+processor = M2fHfVideoProcessor.from_pretrained("{name}")
+model = Mask2FormerForVideoInstanceSegmentation.from_pretrained("{name}").eval()
+frames = [Image.open(f"frames/{{i:05d}}.jpg") for i in range(8)]
+inputs = processor(videos=[frames], return_tensors="pt")
+with torch.no_grad():
+    outputs = model(inputs["pixel_values_videos"])
+instances = processor.post_process_video_instance_segmentation(
+    outputs, target_sizes=inputs["original_sizes"]
+)[0]  # [{{"score", "label_id", "masks" (T, H, W) bool}}, ...], the original's top 10
+```"""
 
 
 def transformers_conversion_card(imported: Any, name: str, processor: Any = None) -> str:

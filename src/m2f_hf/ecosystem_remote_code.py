@@ -23,6 +23,8 @@ from pathlib import Path
 
 __all__ = [
     "AUTO_MAP",
+    "VIDEO_AUTO_MAP",
+    "VIDEO_REMOTE_ROOTS",
     "ENTRY_MODULE",
     "PROCESSOR_AUTO_MAP",
     "REMOTE_ROOTS",
@@ -40,7 +42,12 @@ _CLASSES = {
     "modeling_m2f": ("Mask2FormerForUniversalSegmentation", "Mask2FormerModel"),
     "image_processing_m2f": ("M2fHfImageProcessor",),
     "pipeline_m2f": ("M2fHfImageSegmentationPipeline", "register_segmentation_pipeline"),
+    "modeling_video_m2f": ("Mask2FormerForVideoInstanceSegmentation", "Mask2FormerVideoModel"),
+    "processing_video_m2f": ("M2fHfVideoProcessor",),
 }
+# video models (config "video": true) also carry the video model and processor; AutoModel gives the
+# video instance-segmentation model (transformers has no Auto class for that task)
+VIDEO_REMOTE_ROOTS = ("modeling_video_m2f", "processing_video_m2f")
 # every key an Auto class or the pipeline looks up in config.json / preprocessor_config.json
 AUTO_MAP = {
     "AutoConfig": f"{ENTRY_MODULE}.Mask2FormerConfig",
@@ -50,6 +57,12 @@ AUTO_MAP = {
     "AutoImageProcessor": f"{ENTRY_MODULE}.M2fHfImageProcessor",
 }
 PROCESSOR_AUTO_MAP = {"AutoImageProcessor": AUTO_MAP["AutoImageProcessor"]}
+VIDEO_AUTO_MAP = {
+    "AutoConfig": f"{ENTRY_MODULE}.Mask2FormerConfig",
+    "AutoModel": f"{ENTRY_MODULE}.Mask2FormerForVideoInstanceSegmentation",
+    "AutoImageProcessor": f"{ENTRY_MODULE}.M2fHfVideoProcessor",
+}
+VIDEO_PROCESSOR_AUTO_MAP = {"AutoImageProcessor": VIDEO_AUTO_MAP["AutoImageProcessor"]}
 # distribution names where they differ from the import name
 _DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "huggingface_hub": "huggingface-hub"}
 
@@ -70,11 +83,11 @@ def _relative_imports(path: Path) -> set[str]:
     return found
 
 
-def remote_code_modules(package_dir: Path = PACKAGE_DIR) -> list[str]:
-    """Sorted names of the package modules the remote code needs: `REMOTE_ROOTS` and everything they import
-    relatively, transitively."""
+def remote_code_modules(package_dir: Path = PACKAGE_DIR, video: bool = False) -> list[str]:
+    """Sorted names of the package modules the remote code needs: `REMOTE_ROOTS` (+ `VIDEO_REMOTE_ROOTS`
+    for a video model) and everything they import relatively, transitively."""
     needed: set[str] = set()
-    todo = list(REMOTE_ROOTS)
+    todo = list(REMOTE_ROOTS) + (list(VIDEO_REMOTE_ROOTS) if video else [])
     while todo:
         name = todo.pop()
         if name in needed:
@@ -132,14 +145,16 @@ def write_remote_code(folder: str | Path) -> list[str]:
             raise FileNotFoundError(
                 f"{folder / json_name} is missing; save the model and the processor first"
             )
-    modules = remote_code_modules()
+    video = bool(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("video", False))
+    modules = remote_code_modules(video=video)
     written = []
     for name in modules:
         shutil.copyfile(PACKAGE_DIR / f"{name}.py", folder / f"{name}.py")
         written.append(f"{name}.py")
     (folder / f"{ENTRY_MODULE}.py").write_text(_entry_module_source(modules), encoding="utf-8")
     written.append(f"{ENTRY_MODULE}.py")
-    for json_name, auto_map in (("config.json", AUTO_MAP), ("preprocessor_config.json", PROCESSOR_AUTO_MAP)):
+    maps = (VIDEO_AUTO_MAP, VIDEO_PROCESSOR_AUTO_MAP) if video else (AUTO_MAP, PROCESSOR_AUTO_MAP)
+    for json_name, auto_map in zip(("config.json", "preprocessor_config.json"), maps):
         path = folder / json_name
         data = json.loads(path.read_text(encoding="utf-8"))
         data["auto_map"] = dict(auto_map)

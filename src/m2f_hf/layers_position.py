@@ -37,3 +37,33 @@ class SinePositionEmbedding(nn.Module):
             (pos_y[:, None, :].expand(height, width, -1), pos_x[None, :, :].expand(height, width, -1)), dim=2
         )
         return pos.permute(2, 0, 1).unsqueeze(0).expand(batch, -1, -1, -1).to(x.dtype)
+
+
+class SinePositionEmbedding3D(nn.Module):
+    """The video decoder's sine embedding over (frame, y, x), normalised to (0, 2π] on each axis.
+
+    The spatial half is the 2-D embedding (y features then x features, `num_pos_feats` each); the frame
+    coordinate is embedded over all 2·num_pos_feats channels (its own frequency ladder) and added on top.
+    """
+
+    def __init__(self, num_pos_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi):
+        super().__init__()
+        self.spatial = SinePositionEmbedding(num_pos_feats, temperature, scale)
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) → (B, T, 2·num_pos_feats, H, W)."""
+        batch, frames, channels, height, width = x.shape
+        device = x.device
+        spatial = self.spatial(x[:1, 0])[0]  # (2F, H, W)
+        z_embed = torch.arange(1, frames + 1, dtype=torch.float32, device=device)
+        z_embed = z_embed / (z_embed[-1:] + 1e-6) * self.scale
+        feats = 2 * self.num_pos_feats
+        dim_t = torch.arange(feats, dtype=torch.float32, device=device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / feats)
+        pos_z = z_embed[:, None] / dim_t  # (T, 2F)
+        pos_z = torch.stack((pos_z[:, 0::2].sin(), pos_z[:, 1::2].cos()), dim=2).flatten(1)
+        pos = spatial[None].float() + pos_z[:, :, None, None]
+        return pos.unsqueeze(0).expand(batch, -1, -1, -1, -1).to(x.dtype)

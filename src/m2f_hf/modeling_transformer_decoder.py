@@ -159,6 +159,11 @@ class MaskedTransformerDecoder(CheckpointingSwitch, nn.Module):
         normed queries the heads read, (B, Q, C)). Per layer: "hidden" (the queries entering each layer
         plus the last layer's output, only with `output_hidden_states`), "self_attentions" and
         "cross_attentions" (only with `output_attentions`). "last": the last layer's output (B, Q, C)."""
+        srcs, poss, sizes = self.prepare_memory(multi_scale_features)
+        return self.decode(srcs, poss, sizes, mask_features, output_hidden_states, output_attentions)
+
+    def prepare_memory(self, multi_scale_features: list[torch.Tensor]):
+        """The keys/values of each level, (B, h·w, C), their sine positions and the levels' (h, w)."""
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
                 f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}"
@@ -170,6 +175,19 @@ class MaskedTransformerDecoder(CheckpointingSwitch, nn.Module):
             srcs.append(
                 (self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).transpose(1, 2)
             )
+        return srcs, poss, sizes
+
+    def decode(
+        self,
+        srcs: list[torch.Tensor],
+        poss: list[torch.Tensor],
+        sizes: list[tuple[int, int]],
+        mask_features: torch.Tensor,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> dict[str, list]:
+        """The layer loop over prepared memory (see `forward` for the result); `prediction_heads` reads
+        `mask_features` (its batch is the queries' batch)."""
         batch = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
