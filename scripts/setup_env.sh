@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,train,export]"
+.venv/bin/python -m pip install -q -e ".[dev,train,export,video]"
 # No panopticapi: the metric tests score PQ with an independent reference (tests/reference_pq.py), and
 # panopticapi-lite's metadata (numpy<2, matplotlib, scikit-image) would make `pip check` fail. The
 # environment must stay consistent:
