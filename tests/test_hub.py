@@ -276,3 +276,70 @@ def test_upload_is_the_saved_folder(monkeypatch, tmp_path):
     assert "license: mit" in card and 'model="someone/tiny"' in card
     with pytest.raises(FileNotFoundError, match="config.json"):
         hub.push_folder_to_hub(tmp_path, "someone/empty")
+
+
+PLAIN_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "m2f_hf" or name.startswith("m2f_hf."):
+                raise ImportError("m2f_hf is blocked in this test")
+
+    sys.meta_path.insert(0, BlockPackage())
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
+
+    folder, photo = sys.argv[1:]
+    try:
+        AutoModelForUniversalSegmentation.from_pretrained(folder)
+        refusal = None
+    except ValueError as error:
+        refusal = str(error)
+    model = AutoModelForUniversalSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    inputs = processor(images=[Image.open(photo)], return_tensors="pt")
+    with torch.no_grad():
+        out = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+    np.save(folder + "/remote_logits.npy", out.class_queries_logits.numpy())
+    print("REPORT" + json.dumps([refusal, type(model).__name__, type(processor).__name__]))
+    """
+)
+
+
+def test_plain_save_pretrained_folder_loads_without_the_package(tmp_path):
+    """`save_pretrained` alone (no save_for_hub) writes the code and auto_map as transformers' custom models
+    do: without the package the folder asks for trust_remote_code (never "update Transformers") and then
+    loads and computes the same logits."""
+    model, processor = tiny_model("panoptic")
+    folder = tmp_path / "plain"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForUniversalSegmentation"].endswith(
+        "Mask2FormerForUniversalSegmentation"
+    )
+    assert (folder / "modeling_m2f.py").is_file() and (folder / "processing_postprocess.py").is_file()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", PLAIN_SCRIPT, str(folder), str(PHOTO)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    refusal, model_type, processor_type = json.loads(proc.stdout.split("REPORT", 1)[1])
+    assert refusal is not None and "trust_remote_code" in refusal and "upgrade" not in refusal
+    assert (model_type, processor_type) == ("Mask2FormerForUniversalSegmentation", "M2fHfImageProcessor")
+    inputs = processor(images=[Image.open(PHOTO)], return_tensors="pt")
+    with torch.no_grad():
+        out = model.eval()(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+    diff = np.abs(np.load(folder / "remote_logits.npy") - out.class_queries_logits.numpy()).max()
+    assert diff <= 1e-5, diff

@@ -221,7 +221,8 @@ for _cls in NATIVE_BACKBONE_CONFIGS.values():
 
 def backbone_config_dict(backbone_config: Any) -> dict[str, Any]:
     """A backbone sub-config (ours or a transformers config) or an old-style dict → plain dict."""
-    if isinstance(backbone_config, _NativeBackboneConfig):
+    # by the method, not the class: remote code may hold two copies of this module (one per auto_map entry)
+    if isinstance(backbone_config, _NativeBackboneConfig) or hasattr(backbone_config, "backbone_kwargs"):
         return backbone_config.backbone_kwargs()
     if isinstance(backbone_config, PreTrainedConfig):
         return backbone_config.to_dict()

@@ -568,7 +568,7 @@ ZOO_CONFIG_FIELDS = ("semantic_on", "instance_on", "panoptic_on", "video", "num_
 
 def zoo_config_kwargs(test: Mapping[str, Any]) -> dict[str, Any]:
     """The task flags of `zoo_test_settings(...)` as Mask2FormerConfig keyword arguments."""
-    return {key: test[key] for key in ZOO_CONFIG_FIELDS}
+    return {key: test[key] for key in ZOO_CONFIG_FIELDS if key in test}
 
 
 def swin_pretrain_size_for_window(window_size: int) -> int:

@@ -45,6 +45,14 @@ def register_auto_classes() -> None:
 
     if M2fHfImageProcessor.__name__ not in image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS:
         image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS.append(M2fHfImageProcessor.__name__)
+    # transformers' custom-model mechanism: `save_pretrained` copies the defining modules (and what they
+    # import relatively) next to the weights and writes `auto_map`, so a plain saved folder loads without
+    # this package with `trust_remote_code=True` (without it, transformers asks for that instead of telling
+    # the user to upgrade). Hub folders (`ecosystem_hub.save_for_hub`) replace the map with the full one.
+    Mask2FormerConfig.register_for_auto_class()
+    Mask2FormerModel.register_for_auto_class("AutoModel")
+    Mask2FormerForUniversalSegmentation.register_for_auto_class("AutoModelForUniversalSegmentation")
+    M2fHfImageProcessor.register_for_auto_class("AutoImageProcessor")
     # pipeline("image-segmentation") then follows the checkpoint's task and thresholds (pipeline_m2f.py)
     register_segmentation_pipeline()
     register_checkpoint_loader(load_transformers_format)

@@ -40,8 +40,19 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from . import processing_postprocess as pp
 from .processing_image_io import load_image, to_rgb_uint8
+from .processing_postprocess import (
+    SEGMENT_ID_CONVENTIONS,
+    class_flags,
+    fuse_flags,
+    instance_detections,
+    instance_result,
+    panoptic_inference,
+    panoptic_result,
+    query_masks,
+    semantic_segmentation,
+    unpack_outputs,
+)
 
 __all__ = [
     "M2fHfImageProcessor",
@@ -140,7 +151,7 @@ def _resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarra
     return resized.numpy().astype(label_map.dtype)
 
 
-SEGMENT_ID_CONVENTIONS = pp.SEGMENT_ID_CONVENTIONS
+SEGMENT_ID_CONVENTIONS = SEGMENT_ID_CONVENTIONS
 
 
 def _check_segment_ids(convention: str) -> str:
@@ -510,9 +521,9 @@ class M2fHfImageProcessor(PilBackend):
         at a time unless `return_segmentation_scores` asks for them (then each item is a dict with
         "segmentation" and "segmentation_scores"); see `processing_postprocess.semantic_argmax_low_res`.
         """
-        class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
+        class_logits, mask_logits, crops, targets = unpack_outputs(outputs, target_sizes)
         results = [
-            pp.semantic_segmentation(
+            semantic_segmentation(
                 class_logits[b],
                 mask_logits[b],
                 crops[b],
@@ -557,19 +568,17 @@ class M2fHfImageProcessor(PilBackend):
         overlap = (
             self.overlap_threshold if overlap_mask_area_threshold is None else overlap_mask_area_threshold
         )
-        class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
-        fuse = pp.fuse_flags(
-            label_ids_to_fuse, self.thing_ids, class_logits.shape[-1] - 1, mask_logits.device
-        )
+        class_logits, mask_logits, crops, targets = unpack_outputs(outputs, target_sizes)
+        fuse = fuse_flags(label_ids_to_fuse, self.thing_ids, class_logits.shape[-1] - 1, mask_logits.device)
         convention = _check_segment_ids(segment_ids or self.segment_ids)
         num_classes = class_logits.shape[-1] - 1
         results = []
         for b in range(class_logits.shape[0]):
             # only the kept queries are upsampled (a few at a time), with the planes of the full stack
-            result = pp.panoptic_result(
-                *pp.panoptic_inference(
+            result = panoptic_result(
+                *panoptic_inference(
                     class_logits[b],
-                    pp.query_masks(mask_logits[b], crops[b], targets[b]),
+                    query_masks(mask_logits[b], crops[b], targets[b]),
                     fuse,
                     threshold,
                     overlap,
@@ -622,16 +631,16 @@ class M2fHfImageProcessor(PilBackend):
         if return_coco_annotation and return_binary_maps:
             raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
         threshold = self.instance_score_threshold if threshold is None else threshold
-        class_logits, mask_logits, crops, targets = pp.unpack_outputs(outputs, target_sizes)
+        class_logits, mask_logits, crops, targets = unpack_outputs(outputs, target_sizes)
         things = None
         if self.thing_ids is not None:
-            things = pp.class_flags(self.thing_ids, class_logits.shape[-1] - 1, class_logits.device)
+            things = class_flags(self.thing_ids, class_logits.shape[-1] - 1, class_logits.device)
         # only the queries of the detections are upsampled, a few at a time
         return [
-            pp.instance_result(
-                pp.instance_detections(
+            instance_result(
+                instance_detections(
                     class_logits[b],
-                    pp.query_masks(mask_logits[b], crops[b], targets[b]),
+                    query_masks(mask_logits[b], crops[b], targets[b]),
                     self.test_topk_per_image,
                     things,
                     mask_threshold,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import layers_config
+from .layers_config import get as runtime_setting
 
 # The budget, elements of the widest per-block temporary, is the `block_elements` setting (layers_config).
 # Calls of blocked paths, by name: tests read it to prove a path was taken.
@@ -47,7 +47,7 @@ def blockwise_inference(*tensors: torch.Tensor) -> bool:
 def rows_per_block(row_elements: int, budget: int | None = None) -> int:
     """Rows whose widest temporary (`row_elements` per row) fits in `budget` (default: the
     `block_elements` setting) elements; at least 1."""
-    return max(1, (layers_config.get("block_elements") if budget is None else budget) // max(1, row_elements))
+    return max(1, (runtime_setting("block_elements") if budget is None else budget) // max(1, row_elements))
 
 
 def add_blockwise_(

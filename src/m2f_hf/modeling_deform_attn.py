@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import layers_config
 from .layers_blocks import blockwise_inference, count_blocked, needs_grad, tracing
+from .layers_config import KERNEL_ENV, deformable_kernel, on_kernel_change
+from .layers_config import get as runtime_setting
 from .modeling_deform_attn_triton import KERNEL_DTYPES, TritonDeformableSample, triton_available
 
 _PAD_BEFORE, _PAD_AFTER = 1, 2  # zero border of every level in the padded value tensor
@@ -61,7 +62,7 @@ class WeightedRowGather(torch.autograd.Function):
         table, rows, weights = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         want_table, want_weights = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        sparse = layers_config.get("sparse_backward")
+        sparse = runtime_setting("sparse_backward")
         if sparse and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64):
             grad_table, grad_weights = _sparse_backward(
                 table, rows, weights, grad_out, want_table, want_weights
@@ -109,7 +110,7 @@ def _blocked_backward(table, rows, weights, grad_out, want_table: bool, want_wei
     dim = table.shape[1]
     grad_table = torch.zeros_like(table) if want_table else None
     grad_weights = torch.empty_like(weights) if want_weights else None
-    step = min(num, max(1, layers_config.get("deform_backward_block") // max(1, per_row * dim)))
+    step = min(num, max(1, runtime_setting("deform_backward_block") // max(1, per_row * dim)))
     # one (step, K, D) buffer reused by every block: fresh large allocations cost page faults each time
     buffer = table.new_empty(step, per_row, dim)
     for start in range(0, num, step):
@@ -174,7 +175,7 @@ def _level_table(spatial_shapes: list[tuple[int, int]], device) -> torch.Tensor:
 
 
 _TRITON_CHECKS: dict[tuple[str, torch.dtype], bool] = {}
-layers_config.on_kernel_change(_TRITON_CHECKS.clear)
+on_kernel_change(_TRITON_CHECKS.clear)
 # error allowed in the self-check, relative to the largest reference magnitude (low precision: the inputs
 # are rounded alike on both sides, the sums are not)
 _SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -191,7 +192,7 @@ def use_triton(tensor: torch.Tensor) -> bool:
     "pytorch" never; "auto" for CUDA tensors in float32/float16/bfloat16 when Triton imports AND
     `triton_self_check` passed for that device and dtype (run on the first such call, cached); "triton"
     always (on CPU only under Triton's interpreter, TRITON_INTERPRET=1), raising where it cannot run."""
-    choice = layers_config.deformable_kernel()
+    choice = deformable_kernel()
     if choice == "pytorch":
         return False
     if choice == "auto":
@@ -201,10 +202,10 @@ def use_triton(tensor: torch.Tensor) -> bool:
         if key not in _TRITON_CHECKS:
             _TRITON_CHECKS[key] = triton_self_check(tensor.device, tensor.dtype)
         return _TRITON_CHECKS[key]
-    name = layers_config.KERNEL_ENV
+    name = KERNEL_ENV
     if not triton_available():
         raise RuntimeError(f"{name}=triton, but the triton package is not installed")
-    if not _on_cuda(tensor) and not layers_config.get("triton_interpret"):
+    if not _on_cuda(tensor) and not runtime_setting("triton_interpret"):
         raise RuntimeError(
             f"{name}=triton needs CUDA tensors (or TRITON_INTERPRET=1 to interpret the kernels on the "
             f"CPU); got a tensor on {tensor.device}"
@@ -258,7 +259,7 @@ def triton_self_check(device, dtype: torch.dtype, warn: bool = True) -> bool:
                 warnings.warn(
                     f"Triton deformable kernels disagree with the PyTorch gather on {device} in {dtype}: "
                     f"{name} off by {error:.3g} (scale {scale:.3g}); using the PyTorch gather. Set "
-                    f"{layers_config.KERNEL_ENV}=triton to force the kernels.",
+                    f"{KERNEL_ENV}=triton to force the kernels.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -313,7 +314,7 @@ def pytorch_deformable_sample(
     blockwise = blockwise_inference(padded_value, pixel_xy, attention_weights)
     entries = batch * heads * levels * points * 4  # gather entries per query
     block = (
-        min(queries, max(1, layers_config.get("deform_inference_block") // entries)) if blockwise else queries
+        min(queries, max(1, runtime_setting("deform_inference_block") // entries)) if blockwise else queries
     )
     # the clamp bounds as whole blocks: clamping against a broadcast over the small trailing (level, point,
     # xy) dims runs ~20x slower than against a same-shape tensor, forward and backward. Tiled for one query

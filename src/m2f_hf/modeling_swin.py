@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from . import layers_config
 from .layers_blocks import add_blockwise_, blockwise_inference, count_blocked, rows_per_block
+from .layers_config import get as runtime_setting
 from .modeling_layers import CheckpointedLayer, CheckpointingSwitch
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
@@ -363,7 +363,7 @@ class SwinStage(CheckpointingSwitch, nn.Module):
             with torch.inference_mode(False):
                 mask = shift_attention_mask(hp, wp, ws, self.shift_size, device)
             self._mask_cache[key] = mask
-            if len(self._mask_cache) > layers_config.get("swin_mask_cache_size"):
+            if len(self._mask_cache) > runtime_setting("swin_mask_cache_size"):
                 self._mask_cache.popitem(last=False)
         else:
             self._mask_cache.move_to_end(key)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import layers_config
 from .layers_blocks import count_blocked
+from .layers_config import get as runtime_setting
 
 __all__ = [
     "TASKS",
@@ -64,7 +64,7 @@ _SETTING_NAMES = {
 
 def __getattr__(name: str):
     if name in _SETTING_NAMES:
-        return layers_config.get(_SETTING_NAMES[name])
+        return runtime_setting(_SETTING_NAMES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -124,7 +124,7 @@ def masks_at_target(
         return result if out is None else out.copy_(result)
     if out is None:
         out = mask_logits.new_empty((queries, *output_size))
-    step = max(4, layers_config.get("postprocess_query_block") // (padded[0] * padded[1]))
+    step = max(4, runtime_setting("postprocess_query_block") // (padded[0] * padded[1]))
     if step < queries:
         count_blocked("masks_at_target")
     scratch = mask_logits.new_empty((min(step, queries), *padded))
@@ -251,8 +251,8 @@ def semantic_argmax(
     `mask_logits` as given (the padded batch) and then cropped and resized before the argmax, `chunk`
     classes at a time: the original's order when `sem_seg_postprocess_before_inference` is off.
     """
-    chunk = layers_config.get("postprocess_class_chunk") if chunk is None else chunk
-    pixel_block = layers_config.get("postprocess_pixel_block") if pixel_block is None else pixel_block
+    chunk = runtime_setting("postprocess_class_chunk") if chunk is None else chunk
+    pixel_block = runtime_setting("postprocess_pixel_block") if pixel_block is None else pixel_block
     class_probs = class_logits.softmax(dim=-1)[:, :-1]
     num_queries, num_classes = class_probs.shape
     height, width = mask_logits.shape[-2:]
@@ -363,7 +363,7 @@ def semantic_argmax_low_res(
     candidates = _candidate_classes(class_probs)
     device = mask_logits.device
     labels = torch.empty((out_h, out_w), dtype=torch.long, device=device)
-    pixel_block = layers_config.get("postprocess_semantic_block") if pixel_block is None else pixel_block
+    pixel_block = runtime_setting("postprocess_semantic_block") if pixel_block is None else pixel_block
     block = max(int(pixel_block), out_w)
     if block < out_h * out_w:
         count_blocked("semantic_argmax_low_res")
@@ -401,7 +401,7 @@ def mask_probability_logit(mask_threshold: float) -> float:
 def _chunk_size(chunk: int | None, pixels: int) -> int:
     """Queries per chunk: `chunk`, or by default as many as keep a chunk near `postprocess_query_block`
     elements."""
-    size = int(chunk) if chunk is not None else layers_config.get("postprocess_query_block") // max(1, pixels)
+    size = int(chunk) if chunk is not None else runtime_setting("postprocess_query_block") // max(1, pixels)
     return max(1, size)
 
 
