@@ -320,3 +320,23 @@ def test_windowed_inference_links_windows():
 
     relinked = windowed_video_inference(permuted, repeated, window=2)
     torch.testing.assert_close(relinked.masks_queries_logits, linked.masks_queries_logits)
+
+
+def test_auto_classes_on_a_saved_video_folder(tmp_path):
+    """With the package imported, a plain `save_pretrained` video folder loads through the Auto classes as the
+    video model and processor; an image-model class is refused with a message naming the right one."""
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForUniversalSegmentation
+
+    torch.manual_seed(0)
+    model = Mask2FormerForVideoInstanceSegmentation(_tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    M2fHfVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, Mask2FormerForVideoInstanceSegmentation)
+    assert isinstance(processor, M2fHfVideoProcessor) and processor.size.shortest_edge == 64
+    clip = torch.randn(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(clip).masks_queries_logits, model(clip).masks_queries_logits)
+    with pytest.raises(ValueError, match="video instance-segmentation model"):
+        AutoModelForUniversalSegmentation.from_pretrained(tmp_path)

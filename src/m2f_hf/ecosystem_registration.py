@@ -8,7 +8,42 @@ from typing import Any
 from .configuration_m2f import Mask2FormerConfig
 from .image_processing_m2f import M2fHfImageProcessor, M2fHfImageProcessorTorchvision
 from .modeling_m2f import Mask2FormerForUniversalSegmentation, Mask2FormerModel, register_checkpoint_loader
+from .modeling_video_m2f import Mask2FormerForVideoInstanceSegmentation
 from .pipeline_m2f import register_segmentation_pipeline
+from .processing_video_m2f import M2fHfVideoProcessor
+
+
+class VideoProcessorRegistryKey(Mask2FormerConfig):
+    """Not a config users build: the key under which `M2fHfVideoProcessor` sits in transformers' image
+    processor registry, so `AutoImageProcessor` resolves a folder's `image_processor_type:
+    "M2fHfVideoProcessor"` to the video processor (one config class can map to one processor only)."""
+
+    model_type = "m2f_hf_mask2former_video_processor"
+
+
+def load_video_model(path: Any, model_class: type | None = None, **kwargs: Any) -> Any:
+    """`from_pretrained`'s loader for video folders (config `video: true`): `AutoModel` (the base-model
+    class) gives the video model, as the Hub folders' `auto_map` does; an image-model class is refused with
+    a message naming the right one. Anything else: `path` unchanged."""
+    if model_class is None or issubclass(model_class, Mask2FormerForVideoInstanceSegmentation):
+        return path
+    config = kwargs.get("config")
+    if not isinstance(config, Mask2FormerConfig):
+        try:
+            config = Mask2FormerConfig.from_pretrained(path, **{k: v for k, v in kwargs.items() if k in _HUB})
+        except Exception:  # not a local/cached m2f_hf folder: the normal loading reports what is wrong
+            return path
+    if not getattr(config, "video", False):
+        return path
+    if model_class is Mask2FormerModel:
+        return Mask2FormerForVideoInstanceSegmentation.from_pretrained(path, **kwargs)
+    raise ValueError(
+        f"{path} holds a video instance-segmentation model (config video=true): load it with "
+        "Mask2FormerForVideoInstanceSegmentation (or AutoModel) and its processor with M2fHfVideoProcessor"
+    )
+
+
+_HUB = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
 
 
 def load_transformers_format(path: Any, model_class: type | None = None, **kwargs: Any) -> Any:
@@ -43,8 +78,9 @@ def register_auto_classes() -> None:
     )
     from transformers.models.auto import image_processing_auto
 
-    if M2fHfImageProcessor.__name__ not in image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS:
-        image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS.append(M2fHfImageProcessor.__name__)
+    for processor_class in (M2fHfImageProcessor, M2fHfVideoProcessor):
+        if processor_class.__name__ not in image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS:
+            image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS.append(processor_class.__name__)
     # transformers' custom-model mechanism: `save_pretrained` copies the defining modules (and what they
     # import relatively) next to the weights and writes `auto_map`, so a plain saved folder loads without
     # this package with `trust_remote_code=True` (without it, transformers asks for that instead of telling
@@ -53,6 +89,11 @@ def register_auto_classes() -> None:
     Mask2FormerModel.register_for_auto_class("AutoModel")
     Mask2FormerForUniversalSegmentation.register_for_auto_class("AutoModelForUniversalSegmentation")
     M2fHfImageProcessor.register_for_auto_class("AutoImageProcessor")
+    Mask2FormerForVideoInstanceSegmentation.register_for_auto_class("AutoModel")
+    AutoImageProcessor.register(
+        VideoProcessorRegistryKey, image_processor_classes={"pil": M2fHfVideoProcessor}, exist_ok=True
+    )
     # pipeline("image-segmentation") then follows the checkpoint's task and thresholds (pipeline_m2f.py)
     register_segmentation_pipeline()
     register_checkpoint_loader(load_transformers_format)
+    register_checkpoint_loader(load_video_model)
