@@ -72,6 +72,30 @@ def tiny_model(task: str, seed: int = 0) -> tuple[Mask2FormerForUniversalSegment
     return model, M2fHfImageProcessor(**PROCESSOR)
 
 
+def tiny_video_config(**kwargs) -> Mask2FormerConfig:
+    """A tiny random video (VideoMaskFormer) config: Swin 16-wide, 6 queries, 3 classes, 2-frame clips."""
+    return Mask2FormerConfig(
+        backbone_type="swin",
+        backbone_config={
+            "embed_dim": 16,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 2, 4, 8],
+            "window_size": 4,
+        },
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        dim_feedforward=64,
+        num_queries=6,
+        decoder_layers=4,
+        encoder_layers=1,
+        num_labels=3,
+        video=True,
+        num_frames=2,
+        **kwargs,
+    )
+
+
 def save_tiny(folder: Path, task: str, seed: int = 0) -> Path:
     model, processor = tiny_model(task, seed)
     model.save_pretrained(folder)

@@ -75,6 +75,22 @@ def fixture_config(crit: dict, meta: dict, **overrides) -> Mask2FormerConfig:
     return Mask2FormerConfig(**kwargs)
 
 
+def assert_matches_recorded_criterion(criterion, losses, replay, crit, arrays) -> None:
+    """Every recorded draw replayed, the unweighted terms within 1e-5, matcher and importance indices
+    identical to what the original recorded."""
+    assert replay.calls == len(replay.draws) == len(crit["torch_rand_call_order"])
+    assert criterion.last_num_masks == crit["num_masks"]
+    assert set(losses) == set(crit["losses_unweighted"])
+    diffs = {k: abs(losses[k].item() - v) for k, v in crit["losses_unweighted"].items()}
+    assert max(diffs.values()) <= 1e-5, diffs
+    for layer in LAYERS:
+        got = [[src.tolist(), tgt.tolist()] for src, tgt in criterion.last_indices[layer]]
+        assert got == crit["per_layer"][layer]["matcher_indices"], layer
+        np.testing.assert_array_equal(
+            criterion.last_importance_indices[layer].numpy(), arrays[f"{layer}_loss_importance_idx"]
+        )
+
+
 def fixture_inputs(arrays, raw, mask_dtype=torch.bool):
     batch = raw["pred_logits"].shape[0]
     masks = [torch.from_numpy(arrays[f"target{b}_masks"]).to(mask_dtype) for b in range(batch)]
@@ -117,17 +133,7 @@ def test_losses_and_matching_match_original(name, mask_dtype):
     class_logits.requires_grad_(True)
     losses = criterion(masks_logits, class_logits, masks, labels, aux)
 
-    assert replay.calls == len(replay.draws) == len(crit["torch_rand_call_order"])
-    assert criterion.last_num_masks == crit["num_masks"]
-    assert set(losses) == set(crit["losses_unweighted"])
-    diffs = {k: abs(losses[k].item() - v) for k, v in crit["losses_unweighted"].items()}
-    assert max(diffs.values()) <= 1e-5, diffs
-    for layer in LAYERS:
-        got = [[src.tolist(), tgt.tolist()] for src, tgt in criterion.last_indices[layer]]
-        assert got == crit["per_layer"][layer]["matcher_indices"], layer
-        np.testing.assert_array_equal(
-            criterion.last_importance_indices[layer].numpy(), arrays[f"{layer}_loss_importance_idx"]
-        )
+    assert_matches_recorded_criterion(criterion, losses, replay, crit, arrays)
     weighted = criterion.weighted_losses(losses)
     for k, v in crit["losses_weighted"].items():
         assert abs(weighted[k].item() - v) <= 1e-4 * max(1.0, abs(v)), k

@@ -6,33 +6,16 @@ import json
 
 import numpy as np
 import torch
+from conftest import tiny_video_config
 from PIL import Image
 
-from m2f_hf.configuration_m2f import Mask2FormerConfig
 from m2f_hf.ecosystem_cli import main
 from m2f_hf.modeling_video_m2f import Mask2FormerForVideoInstanceSegmentation
 from m2f_hf.processing_video_m2f import M2fHfVideoProcessor
 
 
 def test_predict_video_folder(tmp_path):
-    config = Mask2FormerConfig(
-        backbone_type="swin",
-        backbone_config={
-            "embed_dim": 16,
-            "depths": [1, 1, 1, 1],
-            "num_heads": [1, 2, 4, 8],
-            "window_size": 4,
-        },
-        feature_size=32,
-        mask_feature_size=32,
-        hidden_dim=32,
-        dim_feedforward=64,
-        num_queries=6,
-        decoder_layers=4,
-        encoder_layers=1,
-        num_labels=3,
-        video=True,
-    )
+    config = tiny_video_config()
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
     Mask2FormerForVideoInstanceSegmentation(config).save_pretrained(model_dir)

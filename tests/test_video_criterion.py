@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_criterion import LAYERS, RecordingRand, Replay, fixture_config, load_fixture, recorded_draws
+from test_criterion import (
+    RecordingRand,
+    Replay,
+    assert_matches_recorded_criterion,
+    fixture_config,
+    load_fixture,
+    recorded_draws,
+)
 
 from m2f_hf.configuration_m2f import Mask2FormerConfig
 from m2f_hf.modeling_point_sampling import point_sample
@@ -38,17 +44,7 @@ def test_video_losses_and_matching_match_original():
     masks_logits.requires_grad_(True)
     losses = criterion(masks_logits, class_logits, masks, labels, aux)
 
-    assert replay.calls == len(replay.draws) == len(crit["torch_rand_call_order"])
-    assert criterion.last_num_masks == crit["num_masks"]
-    assert set(losses) == set(crit["losses_unweighted"])
-    diffs = {k: abs(losses[k].item() - v) for k, v in crit["losses_unweighted"].items()}
-    assert max(diffs.values()) <= 1e-5, diffs
-    for layer in LAYERS:
-        got = [[src.tolist(), tgt.tolist()] for src, tgt in criterion.last_indices[layer]]
-        assert got == crit["per_layer"][layer]["matcher_indices"], layer
-        np.testing.assert_array_equal(
-            criterion.last_importance_indices[layer].numpy(), arrays[f"{layer}_loss_importance_idx"]
-        )
+    assert_matches_recorded_criterion(criterion, losses, replay, crit, arrays)
     total = criterion.total_loss(losses)
     assert abs(total.item() - crit["total_weighted"]) <= 1e-6 * crit["total_weighted"]
     total.backward()

@@ -8,6 +8,7 @@ import numpy as np
 import oracle
 import pytest
 import torch
+from conftest import tiny_video_config
 from PIL import Image
 
 from m2f_hf.configuration_m2f import Mask2FormerConfig
@@ -165,31 +166,8 @@ def test_video_rule_is_the_query_class_topk():
     )
 
 
-def _tiny_config(**kwargs):
-    return Mask2FormerConfig(
-        backbone_type="swin",
-        backbone_config={
-            "embed_dim": 16,
-            "depths": [1, 1, 1, 1],
-            "num_heads": [1, 2, 4, 8],
-            "window_size": 4,
-        },
-        feature_size=32,
-        mask_feature_size=32,
-        hidden_dim=32,
-        dim_feedforward=64,
-        num_queries=6,
-        decoder_layers=4,
-        encoder_layers=1,
-        num_labels=3,
-        video=True,
-        num_frames=2,
-        **kwargs,
-    )
-
-
 def test_config_round_trip_and_clip_batch(tmp_path):
-    config = _tiny_config()
+    config = tiny_video_config()
     config.save_pretrained(tmp_path)
     loaded = Mask2FormerConfig.from_pretrained(tmp_path)
     assert loaded.video is True and loaded.num_frames == 2
@@ -217,7 +195,7 @@ def test_forward_with_labels_is_the_video_criterion():
     from m2f_hf.modeling_video_criterion import Mask2FormerVideoLoss
 
     torch.manual_seed(0)
-    model = Mask2FormerForVideoInstanceSegmentation(_tiny_config(train_num_points=64)).eval()
+    model = Mask2FormerForVideoInstanceSegmentation(tiny_video_config(train_num_points=64)).eval()
     assert isinstance(model.criterion, Mask2FormerVideoLoss)
     clips = torch.randn(1, 2, 3, 64, 64)
     masks = [torch.zeros(2, 2, 64, 64)]
@@ -290,7 +268,7 @@ def test_windowed_inference_links_windows():
     from m2f_hf.modeling_video_windowed import windowed_video_inference
 
     torch.manual_seed(0)
-    model = Mask2FormerForVideoInstanceSegmentation(_tiny_config()).eval()
+    model = Mask2FormerForVideoInstanceSegmentation(tiny_video_config()).eval()
     clip = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         full = model(clip[None])
@@ -328,7 +306,7 @@ def test_auto_classes_on_a_saved_video_folder(tmp_path):
     from transformers import AutoImageProcessor, AutoModel, AutoModelForUniversalSegmentation
 
     torch.manual_seed(0)
-    model = Mask2FormerForVideoInstanceSegmentation(_tiny_config()).eval()
+    model = Mask2FormerForVideoInstanceSegmentation(tiny_video_config()).eval()
     model.save_pretrained(tmp_path)
     M2fHfVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()

@@ -134,9 +134,16 @@ class MaskedTransformerDecoder(CheckpointingSwitch, nn.Module):
         """Class logits, mask logits and the next layer's attention mask from the current queries."""
         decoded = self.decoder_norm(output)
         class_logits = self.class_embed(decoded)
-        mask_embed = self.mask_embed(decoded)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        return class_logits, mask_logits, attention_mask_from_logits(mask_logits, attn_size), decoded
+        mask_logits = self.mask_logits(self.mask_embed(decoded), mask_features)
+        return class_logits, mask_logits, self.attention_mask(mask_logits, attn_size), decoded
+
+    def mask_logits(self, mask_embed: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D) query embeddings · (B, D, h, w) mask features → (B, Q, h, w)."""
+        return torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+
+    def attention_mask(self, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The next layer's "may attend" mask from the current mask logits."""
+        return attention_mask_from_logits(mask_logits, size)
 
     def _layer(self, i, output, src, pos, query_pos, allowed, output_attentions=False):
         """One decoder layer; returns the queries and, with `output_attentions`, (self, cross) weights."""

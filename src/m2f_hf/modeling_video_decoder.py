@@ -34,13 +34,12 @@ class VideoMaskedTransformerDecoder(MaskedTransformerDecoder):
         super().__init__(config)
         self.pe_layer = SinePositionEmbedding3D(config.hidden_dim // 2)
 
-    def prediction_heads(self, output, mask_features, attn_size):
-        """mask_features (B, T, D, h, w) → class (B, Q, K+1), masks (B, Q, T, h, w), next attention mask."""
-        decoded = self.decoder_norm(output)
-        class_logits = self.class_embed(decoded)
-        mask_embed = self.mask_embed(decoded)
-        mask_logits = torch.einsum("bqc,btchw->bqthw", mask_embed, mask_features)
-        return class_logits, mask_logits, video_attention_mask_from_logits(mask_logits, attn_size), decoded
+    def mask_logits(self, mask_embed: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D) query embeddings · (B, T, D, h, w) per-frame mask features → tubes (B, Q, T, h, w)."""
+        return torch.einsum("bqc,btchw->bqthw", mask_embed, mask_features)
+
+    def attention_mask(self, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return video_attention_mask_from_logits(mask_logits, size)
 
     def forward(
         self,
