@@ -318,3 +318,17 @@ def test_auto_classes_on_a_saved_video_folder(tmp_path):
         torch.testing.assert_close(loaded(clip).masks_queries_logits, model(clip).masks_queries_logits)
     with pytest.raises(ValueError, match="video instance-segmentation model"):
         AutoModelForUniversalSegmentation.from_pretrained(tmp_path)
+
+
+def test_frames_of_different_sizes_in_one_clip_are_refused():
+    processor = M2fHfVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    frame = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match="frame 1 is 50x30 but frame 0 is 50x40"):
+        processor(videos=[[frame, np.zeros((30, 50, 3), np.uint8)]])
+    # other frame types are converted as the image processor does (grayscale, RGBA, 16-bit)
+    from PIL import Image
+
+    gray = Image.fromarray(frame[..., 0])
+    rgba = Image.fromarray(np.dstack([frame, frame[..., :1]]))
+    out = processor(videos=[[gray, rgba]])
+    assert tuple(out["pixel_values_videos"].shape) == (1, 2, 3, 64, 96)

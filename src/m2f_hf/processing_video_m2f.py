@@ -64,6 +64,12 @@ class M2fHfVideoProcessor(M2fHfImageProcessor):
         for clip in clips:
             arrays = [to_rgb_uint8(f, i, input_data_format) for i, f in enumerate(clip)]
             height, width = arrays[0].shape[:2]
+            for i, frame in enumerate(arrays):
+                if frame.shape[:2] != (height, width):
+                    raise ValueError(
+                        f"clip {len(image_sizes)}: frame {i} is {frame.shape[1]}x{frame.shape[0]} but frame 0 "
+                        f"is {width}x{height}; all frames of a clip must have one size (one resize per clip)"
+                    )
             shape = resized_shape(height, width, shortest, longest) if do_resize else (height, width)
             frames += self._resize_all(arrays, [shape] * len(arrays), self.resample)
             image_sizes.append(shape)
