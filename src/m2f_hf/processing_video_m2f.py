@@ -67,8 +67,9 @@ class M2fHfVideoProcessor(M2fHfImageProcessor):
             for i, frame in enumerate(arrays):
                 if frame.shape[:2] != (height, width):
                     raise ValueError(
-                        f"clip {len(image_sizes)}: frame {i} is {frame.shape[1]}x{frame.shape[0]} but frame 0 "
-                        f"is {width}x{height}; all frames of a clip must have one size (one resize per clip)"
+                        f"clip {len(image_sizes)}: frame {i} is {frame.shape[1]}x{frame.shape[0]} but "
+                        f"frame 0 is {width}x{height}; all frames of a clip must have one size (one resize per "
+                        "clip)"
                     )
             shape = resized_shape(height, width, shortest, longest) if do_resize else (height, width)
             frames += self._resize_all(arrays, [shape] * len(arrays), self.resample)
