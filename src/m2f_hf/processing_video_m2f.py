@@ -68,8 +68,7 @@ class M2fHfVideoProcessor(M2fHfImageProcessor):
                 if frame.shape[:2] != (height, width):
                     raise ValueError(
                         f"clip {len(image_sizes)}: frame {i} is {frame.shape[1]}x{frame.shape[0]} but "
-                        f"frame 0 is {width}x{height}; all frames of a clip must have one size (one resize per "
-                        "clip)"
+                        f"frame 0 is {width}x{height}; all frames of a clip must have one size"
                     )
             shape = resized_shape(height, width, shortest, longest) if do_resize else (height, width)
             frames += self._resize_all(arrays, [shape] * len(arrays), self.resample)
