@@ -332,3 +332,17 @@ def test_frames_of_different_sizes_in_one_clip_are_refused():
     rgba = Image.fromarray(np.dstack([frame, frame[..., :1]]))
     out = processor(videos=[[gray, rgba]])
     assert tuple(out["pixel_values_videos"].shape) == (1, 2, 3, 64, 96)
+
+
+@pytest.mark.parametrize(
+    "sizes,message",
+    [([(-4, 50)], "positive sizes"), ([(40, 50, 3)], "pairs"), ([(40, 50), (40, 50)], "batch of 1")],
+)
+def test_video_post_processing_refuses_bad_target_sizes(sizes, message):
+    outputs = {
+        "class_queries_logits": torch.randn(1, 6, 4),
+        "masks_queries_logits": torch.randn(1, 6, 2, 16, 24),
+    }
+    processor = M2fHfVideoProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    with pytest.raises(ValueError, match=message):
+        processor.post_process_video_instance_segmentation(outputs, target_sizes=sizes)

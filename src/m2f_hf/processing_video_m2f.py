@@ -117,6 +117,9 @@ class M2fHfVideoProcessor(M2fHfImageProcessor):
             rows = torch.as_tensor(value).tolist()
             if len(rows) != batch:
                 raise ValueError(f"got {len(rows)} {name} for a batch of {batch}")
+            for row in rows:
+                if not isinstance(row, list) or len(row) != 2 or min(row) < 1:
+                    raise ValueError(f"{name} must be (height, width) pairs of positive sizes, got {row}")
             return [tuple(int(v) for v in r) for r in rows]
 
         targets, crops = sizes(target_sizes, "target sizes"), sizes(image_sizes, "image sizes")
