@@ -28,6 +28,13 @@ def _clip_frames(video: Any) -> list:
     raise TypeError(f"a video is a list of frames or a (T, H, W, C) / (T, C, H, W) array, got {type(video)}")
 
 
+def _edges(size: Any) -> tuple[int, int | None]:
+    """(shortest, longest) edge of a size given as a dict or a transformers SizeDict."""
+    if isinstance(size, dict):
+        return size["shortest_edge"], size.get("longest_edge")
+    return size.shortest_edge, size.longest_edge
+
+
 class M2fHfVideoProcessor(M2fHfImageProcessor):
     """Mask2Former video processor (YouTube-VIS models): clip-wide resize and the top-k video rule."""
 
@@ -57,9 +64,7 @@ class M2fHfVideoProcessor(M2fHfImageProcessor):
         if len(lengths) != 1:
             raise ValueError(f"all clips of a batch need the same number of frames, got {sorted(lengths)}")
         do_resize = kwargs.pop("do_resize", self.do_resize)
-        size = kwargs.pop("size", None) or self.size
-        shortest = size["shortest_edge"] if isinstance(size, dict) else size.shortest_edge
-        longest = size.get("longest_edge") if isinstance(size, dict) else size.longest_edge
+        shortest, longest = _edges(kwargs.pop("size", None) or self.size)
         frames, image_sizes, original_sizes = [], [], []
         for clip in clips:
             arrays = [to_rgb_uint8(f, i, input_data_format) for i, f in enumerate(clip)]
@@ -123,12 +128,12 @@ class M2fHfVideoProcessor(M2fHfImageProcessor):
             return [tuple(int(v) for v in r) for r in rows]
 
         targets, crops = sizes(target_sizes, "target sizes"), sizes(image_sizes, "image sizes")
-        size = self.size
+        shortest, longest = _edges(self.size)
         results = []
         for b in range(batch):
             crop = crops[b]
             if crop is None and targets[b] is not None and self.do_resize:
-                crop = resized_shape(*targets[b], size.shortest_edge, size.longest_edge)
+                crop = resized_shape(*targets[b], shortest, longest)
             found = video_instance_inference(class_logits[b], mask_logits[b], crop, targets[b], top_k)
             results.append(
                 [
