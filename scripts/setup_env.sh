@@ -12,3 +12,6 @@ fi
 # panopticapi-lite's metadata (numpy<2, matplotlib, scikit-image) would make `pip check` fail. The
 # environment must stay consistent:
 .venv/bin/python -m pip check
+# transformers' common test mixins (ModelTesterMixin, ...) ship in its sdist only: fetched for the installed
+# version into .cache/ (tests/test_transformers_mixins.py runs them against our classes)
+.venv/bin/python scripts/fetch_transformers_tests.py > /dev/null

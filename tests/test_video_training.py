@@ -120,8 +120,8 @@ def test_example_fine_tunes_on_synthetic_videos_and_raises_ap(tmp_path):
     torch.set_num_threads(2)
     results = _example().main(
         [
-            "--synthetic", "16", "--synthetic_frames", "6", "--max_steps", "100", "--batch_size", "2", "--learning_rate", "4e-4",
-            "--output_dir", str(tmp_path), "--quiet", "--seed", "0",
+            "--synthetic", "16", "--synthetic_frames", "6", "--max_steps", "100", "--batch_size", "2",
+            "--learning_rate", "4e-4", "--output_dir", str(tmp_path), "--quiet", "--seed", "0",
         ]
     )  # fmt: skip
     assert results["steps"] == 100

@@ -58,6 +58,7 @@ __all__ = [
     "M2fHfImageProcessor",
     "M2fHfImageProcessorKwargs",
     "M2fHfImageProcessorTorchvision",
+    "M2fHfImageProcessorTorchvisionKwargs",
     "resized_shape",
     "to_rgb_uint8",
 ]
@@ -724,6 +725,13 @@ class M2fHfImageProcessorTorchvision(M2fHfImageProcessor):
 
     backend_name = "torchvision"
 
+    def to_dict(self) -> dict[str, Any]:
+        """As transformers' backends: both save `image_processor_type` "M2fHfImageProcessor"; the backend is
+        chosen when loading (`AutoImageProcessor.from_pretrained(..., backend=...)`)."""
+        data = super().to_dict()
+        data["image_processor_type"] = M2fHfImageProcessor.__name__
+        return data
+
     def _preprocess_image_like_inputs(self, images: Any, *args: Any, device: Any = None, **kwargs: Any):
         self._device = None if device is None else torch.device(device)
         try:
@@ -776,3 +784,7 @@ class M2fHfImageProcessorTorchvision(M2fHfImageProcessor):
             for row, i in enumerate(members):
                 out[i] = stack[row].permute(1, 2, 0)
         return out
+
+
+# transformers looks a backend's kwargs class up by name (`<class name>Kwargs`): both backends take the same
+M2fHfImageProcessorTorchvisionKwargs = M2fHfImageProcessorKwargs

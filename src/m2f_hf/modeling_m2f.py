@@ -16,6 +16,7 @@ from .configuration_m2f import Mask2FormerConfig
 from .modeling_backbone import build_backbone
 from .modeling_criterion import Mask2FormerLoss
 from .modeling_deform_attn import MSDeformAttn
+from .modeling_masked_attention import MultiheadAttention
 from .modeling_pixel_decoder import DeformableEncoder, DeformableTransformer, MSDeformAttnPixelDecoder
 from .modeling_resnet import FrozenBatchNorm2d
 from .modeling_swin import SwinBackbone, WindowAttention, relative_position_index
@@ -169,6 +170,13 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=1)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):  # a backbone conv + norm: detectron2's c2_msra_fill
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
         elif isinstance(module, FrozenBatchNorm2d):
             init.ones_(module.weight)
             init.zeros_(module.bias)
