@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -192,6 +193,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--calibration_samples", type=int, default=64)
     run.add_argument("--logging_steps", type=int, default=1)
     run.add_argument("--report_to", default=None, help="accelerate trackers (tensorboard, wandb, ...)")
+    run.add_argument(
+        "--metrics_backend",
+        choices=("evaluate", "builtin"),
+        default="evaluate",
+        help="evaluation through the `evaluate` modules in metrics/ (one process) or the package's "
+        "evaluators (the same numbers; always used with several processes)",
+    )
     run.add_argument("--push_to_hub", metavar="REPO", help="upload the final folder to this Hub repo")
     run.add_argument("--hub_private", action="store_true")
     run.add_argument("--license", default="apache-2.0")
@@ -408,6 +416,85 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+# ------------------------------------------------------------------------------ `evaluate` metric modules
+METRICS_DIR = (
+    Path(__file__).resolve().parents[1] / "metrics"
+)  # m2f_mean_iou, m2f_panoptic_quality, m2f_mask_ap
+
+
+class EvaluateModuleEvaluator:
+    """An `evaluate` metric module behind the `update` / `compute` of the package's evaluators, so
+    `training_evaluation.evaluate` feeds it the same predictions (one process: `evaluate` modules gather
+    across processes by their own file locks, which this example does not set up)."""
+
+    def __init__(self, family: str, module: Any, **compute_kwargs: Any) -> None:
+        self.family, self.module, self.compute_kwargs = family, module, compute_kwargs
+
+    def update(self, *args: Any) -> None:
+        if self.family == "semantic":
+            pred, gt = args
+            self.module.add(prediction=np.asarray(pred), reference=np.asarray(gt))
+        elif self.family == "panoptic":
+            pred_map, pred_segments, gt_map, gt_segments = args
+            self.module.add(
+                prediction={"segmentation": np.asarray(pred_map), "segments_info": _segments(pred_segments)},
+                reference={"segmentation": np.asarray(gt_map), "segments_info": _segments(gt_segments)},
+            )
+        else:
+            masks, scores, labels, gt_masks, gt_labels = args
+            self.module.add(
+                prediction={"masks": np.asarray(masks, np.uint8), "scores": scores, "labels": labels},
+                reference={
+                    "masks": np.asarray(gt_masks, np.uint8),
+                    "labels": list(gt_labels),
+                    "iscrowd": [0] * len(gt_labels),
+                },
+            )
+
+    def compute(self) -> dict[str, Any]:
+        kwargs = dict(self.compute_kwargs)
+        names = kwargs.pop("class_names") if self.family == "semantic" else None
+        result = self.module.compute(**kwargs)
+        if names is not None:  # the per-class IoU under the built-in evaluator's keys
+            result.update({f"IoU-{n}": 100.0 * float(v) for n, v in zip(names, result["per_category_iou"])})
+        return result
+
+
+def _segments(segments: list[dict[str, Any]]) -> list[dict[str, int]]:
+    return [
+        {"id": int(s["id"]), "category_id": int(s["category_id"]), "iscrowd": int(s.get("iscrowd", 0))}
+        for s in segments
+    ]
+
+
+def evaluate_module_evaluators(task: str, config: Mask2FormerConfig) -> dict[str, EvaluateModuleEvaluator]:
+    """The `evaluate` modules of metrics/ for the families `training_evaluation.evaluate` runs on `task`."""
+    import evaluate as hf_evaluate
+
+    num_labels = int(config.num_labels)
+    things = list(config.thing_ids) if config.thing_ids is not None else list(range(num_labels))
+    names = [str(config.id2label.get(i, i)) for i in range(num_labels)]
+
+    def load(name: str) -> Any:
+        return hf_evaluate.load(str(METRICS_DIR / name))
+
+    out = {}
+    if task in ("semantic", "panoptic"):
+        out["semantic"] = EvaluateModuleEvaluator(
+            "semantic", load("m2f_mean_iou"), num_labels=num_labels, ignore_index=255, class_names=names
+        )
+    if task == "panoptic":
+        categories = {i: {"isthing": int(i in things)} for i in range(num_labels)}
+        out["panoptic"] = EvaluateModuleEvaluator(
+            "panoptic", load("m2f_panoptic_quality"), categories=categories
+        )
+    if task in ("instance", "panoptic"):
+        out["instance"] = EvaluateModuleEvaluator(
+            "instance", load("m2f_mask_ap"), category_ids=things, class_names=[names[i] for i in things]
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ model
 def build_model(args: argparse.Namespace, labels: LabelInfo | None) -> Mask2FormerForUniversalSegmentation:
     overrides = json.loads(args.config_overrides)
@@ -580,8 +667,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def run_eval() -> dict[str, float]:
         # the unwrapped model: DDP's forward would synchronise buffers, and shards may differ in length
+        custom = None
+        if args.metrics_backend == "evaluate" and accelerator.num_processes == 1:
+            custom = evaluate_module_evaluators(args.task, accelerator.unwrap_model(model).config)
         return evaluate(
-            accelerator.unwrap_model(model), processor, eval_loader, args.task, accelerator=accelerator
+            accelerator.unwrap_model(model),
+            processor,
+            eval_loader,
+            args.task,
+            accelerator=accelerator,
+            evaluators=custom,
         )
 
     log_path = output_dir / "log.jsonl"

@@ -429,3 +429,30 @@ def test_demo_model_beats_an_untrained_one():
     assert good["PQ"] > 70 and good["PQ_th"] > 55 and good["AP"] > 45, good
     assert good["mIoU"] > 85 and good["mIoU"] > bad["mIoU"] + 60, (good, bad)
     assert good["PQ"] > bad["PQ"] + 60 and good["PQ_st"] > 85, (good, bad)
+
+
+def test_example_evaluation_through_evaluate_modules_equals_the_builtin_evaluators():
+    """The example's default metrics backend (the `evaluate` modules in metrics/) gives the built-in
+    evaluators' numbers on the demo model (PQ, mIoU and mask AP from one panoptic evaluation)."""
+    pytest.importorskip("evaluate")
+    from transformers import AutoImageProcessor
+
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(DEMO).eval()
+    processor = AutoImageProcessor.from_pretrained(DEMO)
+    samples = [
+        normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
+        for s in make_synthetic_dataset(4, size=(128, 128), seed=1, palette="by_class")
+    ]
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=2, collate_fn=SegmentationEvalCollator(processor)
+    )
+    builtin = evaluate(model, processor, loader, "panoptic")
+    modules = train_segmentation.evaluate_module_evaluators("panoptic", model.config)
+    through_modules = evaluate(model, processor, loader, "panoptic", evaluators=modules)
+    assert set(builtin) <= set(through_modules)
+    for key, value in builtin.items():
+        got = through_modules[key]
+        assert (math.isnan(value) and math.isnan(got)) or got == pytest.approx(value, abs=1e-9), key
+    assert builtin["PQ"] > 50 and builtin["AP"] > 20  # real, non-trivial numbers
+    with pytest.raises(ValueError, match="does not run"):
+        evaluate(model, processor, loader, "semantic", evaluators=modules)

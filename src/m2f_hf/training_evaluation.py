@@ -45,6 +45,7 @@ def evaluate(
     task: str,
     accelerator: Any = None,
     metrics: Sequence[str] | None = None,
+    evaluators: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Metrics of `model` on the batches of a `SegmentationEvalCollator` loader, at the original resolution.
 
@@ -52,6 +53,8 @@ def evaluate(
     original reports for panoptic models, mIoU from semantic inference and AP from instance inference).
     `metrics` restricts the families ("semantic", "instance", "panoptic"). With an `accelerator`, each
     process evaluates the batches it is given and the evaluators are merged across processes.
+    `evaluators` replaces the built-in accumulator of a family by any object with the same `update(...)`
+    and `compute()` (e.g. an adapter around an `evaluate` metric module, examples/train_segmentation.py).
     """
     check_task(task)
     families = {
@@ -68,7 +71,7 @@ def evaluate(
     num_labels = int(config.num_labels)
     names = [str(config.id2label.get(i, i)) for i in range(num_labels)]
     thing_ids = list(config.thing_ids) if config.thing_ids is not None else list(range(num_labels))
-    evaluators: dict[str, Any] = {}
+    custom, evaluators = evaluators, {}
     if "semantic" in families:
         evaluators["semantic"] = SemanticSegmentationEvaluator(num_labels, IGNORE_INDEX, class_names=names)
     if "panoptic" in families:
@@ -77,6 +80,10 @@ def evaluate(
         )
     if "instance" in families:
         evaluators["instance"] = InstanceSegmentationEvaluator(thing_ids, [names[i] for i in thing_ids])
+    for family, replacement in (custom or {}).items():
+        if family not in evaluators:
+            raise ValueError(f"evaluator for {family!r}, which this evaluation does not run ({families})")
+        evaluators[family] = replacement
 
     was_training = model.training
     model.eval()
