@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-.venv/bin/ruff check src tests conversion examples benchmarks scripts
+.venv/bin/ruff check src tests conversion examples benchmarks scripts metrics
 .venv/bin/python -m pytest -q "$@"
