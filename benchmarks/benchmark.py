@@ -550,7 +550,9 @@ def demo_mode_accuracy(args, report) -> None:
     """Accuracy of each CPU mode on the demo model: PQ on the held-out synthetic set (seed 1) and panoptic
     segments agreeing with fp32 on the shared fixtures' images and the held-out images."""
     from m2f_hf.ecosystem_cli import DEMO_MODEL
-    from m2f_hf.training_recipe import SegmentationEvalCollator, evaluate, normalize_sample
+    from m2f_hf.ecosystem_demo import DEMO_PALETTE
+    from m2f_hf.training_data import SegmentationEvalCollator, normalize_sample
+    from m2f_hf.training_evaluation import evaluate
     from m2f_hf.training_synthetic import CATEGORY_ID_TO_CONTIGUOUS, make_synthetic_dataset
 
     if not (DEMO_MODEL / "config.json").exists():
@@ -560,7 +562,8 @@ def demo_mode_accuracy(args, report) -> None:
     processor = M2fHfImageProcessor.from_pretrained(DEMO_MODEL)
     samples = [
         normalize_sample(s, CATEGORY_ID_TO_CONTIGUOUS)
-        for s in make_synthetic_dataset(args.demo_images, seed=1)
+        # the demo model's held-out split: seed 1 in the palette it was trained on
+        for s in make_synthetic_dataset(args.demo_images, seed=1, palette=DEMO_PALETTE)
     ]
     collate = SegmentationEvalCollator(processor)
     batches = [collate(samples[i : i + 8]) for i in range(0, len(samples), 8)]
@@ -821,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         help="opt-in CPU fast modes (m2f_hf.optimize_for_cpu) to time: bf16, int8, compile; '' for none",
     )
     parser.add_argument(
-        "--demo-images", type=int, default=32, help="held-out synthetic images for the PQ rows"
+        "--demo-images", type=int, default=64, help="held-out synthetic images for the PQ rows"
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -1,0 +1,70 @@
+"""Where post-processing time goes, per task, at a real size: torch.profiler over our processor's
+semantic, instance and panoptic post-processing of one 800x1333 image (100 queries, 133 classes; class
+logits peaked as in benchmarks/benchmark.py so that queries pass the 0.8 thresholds).
+
+    python benchmarks/postprocess_profile.py [--size 800 1333] [--threads 2] [--top 8]
+
+Prints, per task, the wall time (median of 5) and the operators with the most self CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from m2f_hf import M2fHfImageProcessor
+from m2f_hf.image_processing_m2f import resized_shape
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    height, width = args.size
+    resized = resized_shape(height, width, 800, 1333)
+    padded = tuple(-(-s // 32) * 32 for s in resized)
+    generator = torch.Generator().manual_seed(0)
+    queries, classes = 100, 133
+    class_logits = torch.randn(1, queries, classes + 1, generator=generator)
+    peak = torch.randint(0, classes + 1, (queries,), generator=generator)
+    class_logits[0, torch.arange(queries), peak] += 10.0
+    mask_logits = torch.randn(1, queries, padded[0] // 4, padded[1] // 4, generator=generator) * 4
+    outputs = {
+        "class_queries_logits": class_logits,
+        "masks_queries_logits": mask_logits,
+        "image_sizes": torch.tensor([resized]),
+    }
+    processor = M2fHfImageProcessor(thing_ids=list(range(80)))
+    sizes = [(height, width)]
+    tasks = {
+        "semantic": lambda: processor.post_process_semantic_segmentation(outputs, target_sizes=sizes),
+        "instance": lambda: processor.post_process_instance_segmentation(outputs, target_sizes=sizes),
+        "panoptic": lambda: processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes),
+    }
+    print(f"{height}x{width} image, padded input {padded}, {args.threads} threads")
+    for name, fn in tasks.items():
+        fn()  # warm-up
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        print(f"\n{name}: {1000 * statistics.median(times):.1f} ms (median of 5); self CPU time by operator:")
+        for event in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]:
+            share = 100 * event.self_cpu_time_total / max(total, 1)
+            print(
+                f"  {event.key:38s} {event.self_cpu_time_total / 1000:8.1f} ms {share:5.1f} %  x{event.count}"
+            )
+
+
+if __name__ == "__main__":
+    main()
