@@ -170,13 +170,16 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=1)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):  # a backbone conv + norm: detectron2's c2_msra_fill
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            # a backbone conv + norm keeps the initialisation its constructor drew; built on the meta device
+            # (then `to_empty` + `init_weights`, as accelerate's loaders do) it gets the same default here
+            if not getattr(module, "initialized_at_construction", False):
+                module.reset_parameters()
         elif isinstance(module, MultiheadAttention):
-            init.xavier_uniform_(module.in_proj_weight)
-            init.zeros_(module.in_proj_bias)
+            # as the conv + norm above: the constructor's xavier stays; a meta-built model draws it here
+            if not getattr(module, "initialized_at_construction", False):
+                init.xavier_uniform_(module.in_proj_weight)
+                init.zeros_(module.in_proj_bias)
         elif isinstance(module, FrozenBatchNorm2d):
             init.ones_(module.weight)
             init.zeros_(module.bias)

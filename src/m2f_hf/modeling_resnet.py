@@ -82,6 +82,9 @@ class ConvNorm(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation
+        # weights drawn now (PyTorch's conv default); a model built on the meta device draws them in
+        # `_init_weights` after `to_empty` instead
+        self.initialized_at_construction = not self.weight.is_meta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
