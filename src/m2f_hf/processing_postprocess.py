@@ -490,9 +490,11 @@ def panoptic_inference(
         prob_masks.mul_(scores[queries][:, None, None])
         value, index = prob_masks.max(dim=0)
         better = value > best  # strict: an earlier query keeps its pixels on ties
-        best = torch.maximum(best, value)
-        won_inside = torch.where(better, own.gather(0, index[None])[0], won_inside)
-        position = torch.where(better, index.add_(part.start), position)
+        # in place: at 800x1333 a chunk holds a few queries, so these full-image passes run once per chunk
+        # and fresh results would cost three image-sized allocations (and their page faults) each time
+        torch.maximum(best, value, out=best)
+        torch.where(better, own.gather(0, index[None])[0], won_inside, out=won_inside)
+        torch.where(better, index.add_(part.start), position, out=position)
     winner = visited[position]
 
     flat_winner = winner.reshape(-1)
