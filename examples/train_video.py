@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--num_workers", type=int, default=0)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--eval_window", type=int, default=None, help="windowed inference at evaluation")
+    train.add_argument(
+        "--eval_steps", type=int, default=0, help="also evaluate every N steps (0: before and after only)"
+    )
     train.add_argument("--output_dir", required=True)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     before = run_eval() if accelerator.is_main_process else {}
     model.train()
-    step, epoch, losses, start = 0, 0, [], time.time()
+    step, epoch, losses, history, start = 0, 0, [], [], time.time()
     bar = tqdm(total=args.max_steps, desc="training", disable=args.quiet or not accelerator.is_main_process)
     while step < args.max_steps:
         dataset.set_epoch(epoch)
@@ -210,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            periodic = args.eval_steps > 0 and step % args.eval_steps == 0 and step < args.max_steps
+            if periodic and val_source is not None and accelerator.is_main_process:
+                history.append({"step": step, **run_eval()})
             if step >= args.max_steps:
                 break
         epoch += 1
@@ -224,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "AP_after": after.get("AP"),
         "eval_before": before,
         "eval_after": after,
+        "eval_history": history,
     }
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

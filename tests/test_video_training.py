@@ -122,9 +122,13 @@ def test_example_fine_tunes_on_synthetic_videos_and_raises_ap(tmp_path):
         [
             "--synthetic", "16", "--synthetic_frames", "6", "--max_steps", "100", "--batch_size", "2",
             "--learning_rate", "4e-4", "--output_dir", str(tmp_path), "--quiet", "--seed", "0",
+            "--eval_steps", "50",
         ]
     )  # fmt: skip
     assert results["steps"] == 100
+    # periodic evaluation: once at step 50 (the last step is the final evaluation), on the same held-out set
+    assert [entry["step"] for entry in results["eval_history"]] == [50]
+    assert set(results["eval_history"][0]) == {"step", *results["eval_after"]}
     assert results["last_loss"] < results["first_loss"]
     assert results["AP_after"] > results["AP_before"] + 2.0, results
     saved = json.loads((tmp_path / "eval_results.json").read_text())
