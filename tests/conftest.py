@@ -68,7 +68,7 @@ def tiny_model(task: str, seed: int = 0) -> tuple[Mask2FormerForUniversalSegment
     with torch.no_grad():  # move the heads off their init so queries (and so segments) differ
         for name, param in model.model.named_parameters():
             if not name.startswith("backbone"):
-                param.add_(torch.randn(param.shape, generator=noise) * 0.3)
+                param.add_(torch.randn(param.shape, generator=noise) * 0.5)
     return model, M2fHfImageProcessor(**PROCESSOR)
 
 

@@ -249,3 +249,33 @@ def test_high_resolution_checkpointing_recomputes_only_those_layers_with_the_sam
     model.checkpoint_high_resolution_layers(enable=False)
     grads()
     assert {name: count[0] for name, count in calls.items()} == dict.fromkeys(calls, 1)
+
+
+def test_fresh_model_starts_from_the_original_initialisation(tmp_path):
+    """Every module's `_init_weights` branch runs on a freshly built model (transformers would skip the
+    modules without parameters of their own in custom code): the deformable attention starts on the
+    Deformable-DETR ring with uniform attention, and loading a saved model keeps its weights."""
+    from conftest import tiny_model
+
+    from m2f_hf.modeling_deform_attn import MSDeformAttn
+
+    config = tiny_model("panoptic")[0].config
+    torch.manual_seed(0)
+    model = Mask2FormerForUniversalSegmentation(config)
+    attention = [m for m in model.modules() if isinstance(m, MSDeformAttn)]
+    assert attention
+    for module in attention:
+        assert torch.equal(module.sampling_offsets.bias, module.offset_grid())
+        assert not module.sampling_offsets.weight.any() and not module.attention_weights.weight.any()
+        assert not module.value_proj.bias.any()
+    decoder = model.model.transformer_decoder
+    for layer in decoder.transformer_ffn_layers:  # xavier, not the generic Linear init (std 0.02)
+        bound = (6 / sum(layer.linear1.weight.shape)) ** 0.5
+        assert layer.linear1.weight.abs().max() <= bound and layer.linear1.weight.std() > 0.5 * bound / 3**0.5
+    with torch.no_grad():
+        for module in attention:  # move the weights off their initial values, then save and reload
+            module.sampling_offsets.bias.add_(0.5)
+    model.save_pretrained(tmp_path)
+    loaded = Mask2FormerForUniversalSegmentation.from_pretrained(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -401,16 +401,20 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
 
-    def reset_parameters(self) -> None:
-        """The original initialisation: offsets start on a ring of directions, uniform attention."""
-        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+    def offset_grid(self) -> torch.Tensor:
+        """The original's initial sampling-offset bias: per head a direction on a ring, scaled 1..n_points."""
         thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
         grid = torch.stack([thetas.cos(), thetas.sin()], -1)
         grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.n_heads, 1, 1, 2)
         grid = grid.repeat(1, self.n_levels, self.n_points, 1)
         grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        return grid.view(-1)
+
+    def reset_parameters(self) -> None:
+        """The original initialisation: offsets start on a ring of directions, uniform attention."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
         with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.view(-1))
+            self.sampling_offsets.bias.copy_(self.offset_grid().to(self.sampling_offsets.bias))
         nn.init.constant_(self.attention_weights.weight, 0.0)
         nn.init.constant_(self.attention_weights.bias, 0.0)
         nn.init.xavier_uniform_(self.value_proj.weight)

@@ -129,11 +129,24 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
                     return loaded
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # Every module's branch of `_init_weights` runs, children before parents. transformers' rule for
+        # custom code would mark a module without parameters of its own as initialised and skip it, so the
+        # decoder, pixel-decoder and deformable-attention branches below would never run. Every branch uses
+        # the `_is_hf_initialized`-respecting `transformers.initialization` functions, so loaded weights stay.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The original's initialisation (xavier for attention/convs, Deformable-DETR offsets)."""
-        if isinstance(module, MSDeformAttn):
-            module.reset_parameters()
+        if isinstance(module, MSDeformAttn):  # the original's (Deformable DETR) initialisation
+            init.constant_(module.sampling_offsets.weight, 0.0)
+            init.copy_(module.sampling_offsets.bias, module.offset_grid())
+            init.constant_(module.attention_weights.weight, 0.0)
+            init.constant_(module.attention_weights.bias, 0.0)
+            for proj in (module.value_proj, module.output_proj):
+                init.xavier_uniform_(proj.weight)
+                init.constant_(proj.bias, 0.0)
         elif isinstance(module, DeformableTransformer):
             init.normal_(module.level_embed)
             for layer in module.encoder.layers:
