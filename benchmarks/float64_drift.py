@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import build_models  # noqa: E402
 
 
-def final_logits(model, pixel_values: torch.Tensor, theirs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def final_logits(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         out = model(
             pixel_values=pixel_values, pixel_mask=torch.ones_like(pixel_values[:, 0], dtype=torch.long)
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results = {}
     logits = {}
     for name, model in (("ours", ours), ("theirs", theirs)):
-        logits[name, "fp32"] = final_logits(model, pixel_values, name == "theirs")
+        logits[name, "fp32"] = final_logits(model, pixel_values)
         wide = copy.deepcopy(model).double()
-        logits[name, "fp64"] = final_logits(wide, pixel_values.double(), name == "theirs")
+        logits[name, "fp64"] = final_logits(wide, pixel_values.double())
         del wide
     pairs = {
         "ours fp32 vs ours fp64": (("ours", "fp32"), ("ours", "fp64")),
