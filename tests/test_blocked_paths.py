@@ -35,6 +35,8 @@ SMALL = dict(
     postprocess_pixel_block=500,
     postprocess_semantic_block=700,
     postprocess_query_block=20000,
+    postprocess_semantic_tile_rows=8,
+    postprocess_semantic_tile_cols=16,
 )
 
 # the reference: budgets so large that nothing is blocked
@@ -98,6 +100,10 @@ def test_post_processing_blocked_equals_unblocked_bit_for_bit(swin_model, before
         class_logits, mask_logits = outputs.class_queries_logits[0], outputs.masks_queries_logits[0]
         return {
             "semantic": processor.post_process_semantic_segmentation(outputs, target_sizes=targets),
+            # at the image size the resize is the identity: the tiled exact pass
+            "semantic_tiles": processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[(150, 210)]
+            ),
             "scores": processor.post_process_semantic_segmentation(
                 outputs, target_sizes=targets, return_segmentation_scores=True
             ),

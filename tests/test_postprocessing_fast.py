@@ -106,12 +106,133 @@ def test_banded_upsample_and_identity_resize_are_bit_exact():
     _, mask_logits = make_logits(5, low=(11, 9))
     full = pp.upsample_to_padded(mask_logits, (44, 36))
     for rows in ((0, 44), (0, 5), (3, 9), (4, 8), (13, 29), (40, 44), (43, 44)):
-        band = pp._upsampled_rows(mask_logits, rows, 35)
-        assert torch.equal(band, full[:, rows[0] : rows[1], :35])
+        up, (r, c) = pp._upsampled_window(mask_logits, rows, (0, 35))
+        assert torch.equal(up[:, r : r + rows[1] - rows[0], c : c + 35], full[:, rows[0] : rows[1], :35])
     for image in ((44, 36), (41, 30)):
         assert torch.equal(
             pp.masks_at_target(mask_logits, image, image), reference_masks(mask_logits, image, image)
         )
+
+
+def model_like_logits(seed, queries, classes, low, noise=0.0, scale=15.0):
+    """Class logits with one peaked class per query (a third no-object) and mask logits that look like a
+    trained model's: smooth, large and saturating (each pixel is clearly owned by a few queries), plus
+    `noise` per low-resolution position."""
+    gen = torch.Generator().manual_seed(seed)
+    class_logits = torch.randn(queries, classes + 1, generator=gen)
+    pick = torch.randint(0, classes + 1, (queries,), generator=gen)
+    class_logits[torch.arange(queries), pick] += 8.0
+    coarse = torch.randn(1, queries, max(low[0] // 6, 1), max(low[1] // 6, 1), generator=gen) * scale
+    smooth = F.interpolate(coarse, size=low, mode="bilinear", align_corners=False)[0]
+    return class_logits, (smooth + noise * torch.randn(queries, *low, generator=gen)).contiguous()
+
+
+# (low-res size, image size, target size): identity resizes with padding and with a 1-wide or 1-high
+# low-res grid, downscales, upscales, anisotropic
+SUPPORT_SIZES = [
+    ((20, 30), (80, 120), (80, 120)),
+    ((20, 30), (77, 113), (77, 113)),
+    ((20, 30), (75, 118), (43, 41)),
+    ((20, 30), (79, 111), (93, 239)),
+    ((9, 70), (31, 278), (21, 94)),
+    ((1, 40), (3, 157), (3, 157)),
+    ((33, 1), (130, 2), (517, 5)),
+    ((40, 12), (160, 45), (7, 3)),
+]
+
+
+@pytest.mark.parametrize("low,image,target", SUPPORT_SIZES)
+def test_every_upsampled_value_lies_within_its_support_window(low, image, target):
+    # the bound behind the settled pixels: each value of masks_at_target is between the minimum and the
+    # maximum of the low-resolution logits in its window (rows and columns from `_axis_support`)
+    _, mask_logits = make_logits(9, queries=5, low=low, scale=8.0)
+    masks = reference_masks(mask_logits, image, target)
+    bounds = []
+    for size, crop, out in zip(low, image, target):
+        start, span = pp._window_starts(*pp._axis_support(size, crop, out), size)
+        assert start.shape == (out,) and 0 <= int(start.min()) and int(start.max()) + span <= size
+        assert span <= (2 if crop == out else 4)
+        bounds.append((start, span))
+    (row_start, row_span), (col_start, col_span) = bounds
+    high = pp._sliding_extreme(
+        pp._sliding_extreme(mask_logits, 1, row_span, torch.maximum), 2, col_span, torch.maximum
+    )
+    low_ = pp._sliding_extreme(
+        pp._sliding_extreme(mask_logits, 1, row_span, torch.minimum), 2, col_span, torch.minimum
+    )
+    high = high[:, row_start][:, :, col_start]
+    low_ = low_[:, row_start][:, :, col_start]
+    assert bool((masks <= high).all()) and bool((masks >= low_).all())
+    # and the windows are tight for the x4 upsampling alone: two low-res rows and columns
+    if image == target:
+        assert bounds[0][1] == min(2, low[0]) and bounds[1][1] == min(2, low[1])
+
+
+@pytest.mark.parametrize("low,image,target", SUPPORT_SIZES)
+def test_settled_pixels_are_the_reference_labels_and_most_of_a_model_like_map(low, image, target):
+    for seed in range(3):
+        class_logits, mask_logits = model_like_logits(seed, queries=12, classes=30, low=low)
+        probs = class_logits.softmax(-1)[:, :-1]
+        for candidates in (pp._candidate_classes(probs), None):
+            settled = pp._settled_labels(probs.t().contiguous(), candidates, mask_logits, image, target)
+            expected = pp.semantic_argmax(class_logits, reference_masks(mask_logits, image, target))
+            assert settled.shape == tuple(target) and settled.dtype == torch.long
+            done = settled >= 0
+            assert torch.equal(settled[done], expected[done])
+            # away from segment borders the bounds settle the pixel (windows are wider when resized)
+            assert done.float().mean() > (0.6 if image == target else 0.4)
+    # flat scores (every class equal everywhere) settle nothing: the exact pass decides ties
+    tie = pp._settled_labels(torch.full((3, 2), 0.5), None, torch.zeros(2, 20, 30), (80, 120), (80, 120))
+    assert bool((tie == -1).all())
+
+
+@pytest.mark.parametrize("queries", [1, 3, 12, 40])
+@pytest.mark.parametrize("noise", [0.0, 3.0, 30.0])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_semantic_tiles_equal_the_full_stack_rule(queries, noise, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_semantic_tiles(queries, noise)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_semantic_tiles(queries, noise):
+    # sizes where the identity resize runs in tiles (upsampled output height + width > 128): settled
+    # pixels, tiles of open pixels (gathered or whole), and the band fallback when most tiles are open
+    low = (23, 37)
+    for image in ((92, 148), (89, 141)):
+        class_logits, mask_logits = model_like_logits(queries + int(noise), queries, 25, low, noise=noise)
+        expected = pp.semantic_argmax(class_logits, reference_masks(mask_logits, image, image))
+        for tile, block in ((None, None), ((8, 8), 50), ((4, 200), 1 << 20), ((32, 12), 7)):
+            got = pp.semantic_argmax_low_res(
+                class_logits, mask_logits, image, image, pixel_block=block, tile=tile
+            )
+            assert torch.equal(got, expected), (image, tile, block)
+        resized = (61, 203)
+        expected = pp.semantic_argmax(class_logits, reference_masks(mask_logits, image, resized))
+        assert torch.equal(
+            pp.semantic_argmax_low_res(class_logits, mask_logits, image, resized, pixel_block=333), expected
+        )
+
+
+@pytest.mark.parametrize("queries", [1, 2, 5, 12])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_upsampled_windows_are_bit_exact(queries, threads):
+    _, mask_logits = make_logits(7, queries=queries, low=(30, 41))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        full = pp.upsample_to_padded(mask_logits, (120, 164))
+        windows = (((0, 32), (0, 128)), ((37, 41), (161, 164)), ((116, 120), (0, 4)), ((50, 51), (77, 78)))
+        for rows, cols in windows:
+            up, (r, c) = pp._upsampled_window(mask_logits, rows, cols, min_size=128)
+            assert sum(up.shape[-2:]) > 128
+            window = up[:, r : r + rows[1] - rows[0], c : c + cols[1] - cols[0]]
+            assert torch.equal(window, full[:, rows[0] : rows[1], cols[0] : cols[1]])
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(

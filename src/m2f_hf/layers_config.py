@@ -23,6 +23,9 @@ Settings (environment variable in brackets, where there is one):
 - ``postprocess_class_chunk``, ``postprocess_pixel_block``, ``postprocess_semantic_block``,
   ``postprocess_query_block``: chunk sizes of the post-processing rules (classes, pixels, pixels, mask
   elements at once).
+- ``postprocess_semantic_tile_rows``, ``postprocess_semantic_tile_cols``: output rows and columns per tile
+  of the semantic rule's exact pass (only tiles holding pixels that the class bounds leave open are
+  upsampled).
 - ``swin_mask_cache_size``: shifted-window attention masks kept per Swin stage.
 
 Blocks only bound memory: results do not depend on any block size (tests shrink them to prove it).
@@ -52,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "postprocess_pixel_block": 65536,
     "postprocess_semantic_block": 65536,
     "postprocess_query_block": 1 << 22,
+    "postprocess_semantic_tile_rows": 32,
+    "postprocess_semantic_tile_cols": 128,
     "swin_mask_cache_size": 16,
 }
 

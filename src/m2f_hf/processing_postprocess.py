@@ -48,12 +48,8 @@ __all__ = [
 TASKS = ("panoptic", "instance", "semantic")
 # segment-id conventions of the result maps: transformers' Mask2Former's, or the original's (detectron2)
 SEGMENT_ID_CONVENTIONS = ("transformers", "original")
-# Chunk sizes are runtime settings (`layers_config`): postprocess_class_chunk (classes scored at once when
-# only the argmax of the semantic map is wanted: peak CLASS_CHUNK x H x W, not num_classes x H x W),
-# postprocess_pixel_block (pixels scored at once on the resize-first path), postprocess_semantic_block
-# (pixels scored at once by `semantic_argmax_low_res`, reused buffers of a few MB) and
-# postprocess_query_block (mask elements, queries x output pixels, upsampled at once by the panoptic and
-# instance rules). The old constant names read the current settings.
+# Chunk sizes are runtime settings (`layers_config`, see docs/performance.md); the old constant names read
+# the current settings.
 _SETTING_NAMES = {
     "CLASS_CHUNK": "postprocess_class_chunk",
     "PIXEL_BLOCK": "postprocess_pixel_block",
@@ -68,13 +64,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Classes whose total probability mass Σ_q p[q, c] exceeds this are scored at every pixel by the
-# semantic rule; the others only where a bound leaves the argmax open (`_candidate_classes`).
+# Classes with a probability mass Σ_q p[q, c] above this are scored at every pixel (`_candidate_classes`).
 CANDIDATE_MASS = 0.05
-# Relative margin by which the best candidate class must beat the bound on every other class. The float
-# error of a class score is below 1e-5 relative (a sum of at most a few hundred non-negative products),
-# so 1e-4 is a wide safety factor.
+# Relative margin by which a bound must settle an argmax: a class score's float error is below 1e-5
+# relative (a sum of at most a few hundred non-negative products), so 1e-4 is a wide safety factor.
 DECISION_MARGIN = 1e-4
+SETTLED_FLOOR = 1e-30  # bounds below this settle nothing (denormal or zero sigmoids: no relative margin)
+TILE_FALLBACK = 0.6  # above this fraction of open tiles, bands of whole rows (tiles overlap ~1.3x)
 
 
 def check_task(task: str) -> str:
@@ -106,14 +102,10 @@ def masks_at_target(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(Q, h, w) mask logits at 1/4 of the padded input → padded size (4h, 4w) → crop to `image_size` →
-    resize to `output_size`: the original's order, written into `out` (Q, H, W) when given. When
-    `output_size == image_size` the resize is the identity (source positions fall on the pixels, weights 1
-    and 0) and is skipped.
-
-    Queries go through the padded size a few at a time in one reused buffer: the Q×Hp×Wp stack (430 MB at
-    800×1333) never exists, and on CPU a fresh allocation that large costs more in page faults than the
-    interpolation itself. The planes are bit-identical to the full stack's (see `_generic_bilinear`). For
-    the planes of a few queries use `query_masks`."""
+    resize to `output_size` (skipped when equal: the identity): the original's order, into `out` (Q, H, W)
+    when given. Queries go through the padded size a few at a time in one reused buffer (the Q×Hp×Wp stack,
+    430 MB at 800×1333, would cost more in page faults than the interpolation); the planes are
+    bit-identical to the full stack's (see `_generic_bilinear`)."""
     padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
     (h, w), output_size = _checked_sizes(padded, image_size, output_size)
     identity = output_size == (h, w)
@@ -143,21 +135,18 @@ def masks_at_target(
 
 
 def _generic_bilinear(output_size: tuple[int, int]) -> bool:
-    """Whether `F.interpolate` (bilinear, CPU) computes an output of this size with its per-pixel kernel,
-    whose values do not depend on the number of channels. For small outputs (height + width <= 128) it
-    uses separable passes whose rounding does depend on it (and also for exactly 3 channels on one
-    thread, which callers avoid)."""
+    """Whether `F.interpolate` (bilinear, CPU) uses its per-pixel kernel (values independent of the channel
+    count) for this output size; small outputs (h + w <= 128), and 3 channels on one thread, take
+    separable passes whose rounding depends on it."""
     return output_size[0] + output_size[1] > 128
 
 
 def query_masks(
     mask_logits: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Function from query indices to their planes of `masks_at_target(mask_logits, ...)`, bit-identical
-    to indexing the full stack. Where the interpolation is per pixel only the requested queries are
-    upsampled (a request of 3 is padded to 4, see `_generic_bilinear`), into one buffer that each call
-    reuses: use the planes of one call before the next. For small sizes the full stack is built once and
-    indexed."""
+    """Function from query indices to their planes of `masks_at_target(mask_logits, ...)`, bit-identical to
+    indexing the full stack: only those queries are upsampled (3 padded to 4), into a buffer each call
+    reuses (use the planes before the next call); for small sizes the full stack is built once."""
     padded = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
     output_size = tuple(int(s) for s in output_size)
     if _generic_bilinear(padded) and _generic_bilinear(output_size):
@@ -322,20 +311,90 @@ def _block_labels(
     return labels
 
 
-def _upsampled_rows(mask_logits: torch.Tensor, rows: tuple[int, int], width: int) -> torch.Tensor:
-    """Rows [start, stop) and columns [0, width) of `upsample_to_padded(mask_logits)`, computed from the
-    input rows they need.
+def _upsampled_window(
+    mask_logits: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], min_size: int = 0
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(window (Q, R, C) of `upsample_to_padded(mask_logits)` holding output rows [r0, r1) and columns
+    [c0, c1), position of (r0, c0) in it), upsampled from the input rows and columns it needs: with the
+    scale exactly 1/4, output row i's source position is i/4 - 3/8, in a window from input row a it is
+    (i - 4a)/4 - 3/8 (exact in float), and no needed row meets the border clamping, so the values are
+    bit-identical (columns alike). The window grows until its height + width exceeds `min_size` (so that
+    F.interpolate keeps its per-pixel kernel, see `_generic_bilinear`; callers avoid Q == 3)."""
+    height, width = mask_logits.shape[-2:]
+    a, b = max(rows[0] // 4 - 1, 0), min((rows[1] - 1) // 4 + 2, height)
+    c, d = max(cols[0] // 4 - 1, 0), min((cols[1] - 1) // 4 + 2, width)
+    while 4 * (b - a + d - c) <= min_size and (d - c < width or b - a < height):
+        if d - c < width:
+            c, d = (c - 1, d) if d == width else (c, d + 1)
+        else:
+            a, b = (a - 1, b) if b == height else (a, b + 1)
+    size = (4 * (b - a), 4 * (d - c))
+    up = F.interpolate(mask_logits[None, :, a:b, c:d], size=size, mode="bilinear", align_corners=False)
+    return up[0], (rows[0] - 4 * a, cols[0] - 4 * c)
 
-    With the scale exactly 1/4 the source position of output row i is i/4 - 3/8; in a window starting at
-    input row a it is (i - 4a)/4 - 3/8 = the global position - a, exact in float, and the window holds
-    every row with a non-zero weight without touching the border clamping: the values are bit-identical."""
-    r0, r1 = rows
-    height = mask_logits.shape[-2]
-    a, b = max(r0 // 4 - 1, 0), min((r1 - 1) // 4 + 2, height)
-    window = mask_logits[None, :, a:b]
-    size = (4 * (b - a), 4 * mask_logits.shape[-1])
-    up = F.interpolate(window, size=size, mode="bilinear", align_corners=False)[0]
-    return up[:, r0 - 4 * a : r1 - 4 * a, :width]
+
+def _axis_support(low: int, crop: int, out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output position along one axis of `masks_at_target` (×4, crop to `crop`, resize to `out`): the
+    first and last low-resolution index that can carry weight. ×4 positions are exact; the resize's depend
+    on a float scale, so one more neighbour is taken on each side (wider than needed, never narrower)."""
+    padded = torch.arange(4 * low, dtype=torch.float64)
+    first_low = ((padded + 0.5) / 4 - 0.5).clamp(min=0).floor().long().clamp(max=low - 1)
+    last_low = (first_low + 1).clamp(max=low - 1)
+    if out == crop:
+        return first_low[:out], last_low[:out]
+    source = ((torch.arange(out, dtype=torch.float64) + 0.5) * crop / out - 0.5).clamp(min=0).floor().long()
+    return first_low[(source - 1).clamp(0, crop - 1)], last_low[(source + 2).clamp(0, crop - 1)]
+
+
+def _window_starts(first: torch.Tensor, last: torch.Tensor, low: int) -> tuple[torch.Tensor, int]:
+    """(window start per position, window length `span`): fixed-length windows, inside [0, low), each
+    holding its position's support interval [first, last]."""
+    span = int((last - first).max()) + 1
+    return first.clamp(max=low - span), span
+
+
+def _sliding_extreme(x: torch.Tensor, dim: int, span: int, reduce: Callable) -> torch.Tensor:
+    """`reduce` (torch.maximum / torch.minimum) over every `span` consecutive indices along `dim`."""
+    count = x.shape[dim] - span + 1
+    result = x.narrow(dim, 0, count)
+    for step in range(1, span):
+        result = reduce(result, x.narrow(dim, step, count))
+    return result
+
+
+def _settled_labels(
+    class_probs_t: torch.Tensor,
+    candidates: tuple[torch.Tensor, torch.Tensor, float] | None,
+    mask_logits: torch.Tensor,
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+) -> torch.Tensor:
+    """Semantic labels (H, W) at `output_size` that bounds settle without upsampling; -1 elsewhere.
+
+    Each value of `masks_at_target` is a convex combination of the low-resolution logits of its support
+    window (`_axis_support`), so its sigmoid lies between theirs at the window's minimum and maximum and
+    each class score Σ_q p[q, c]·sigmoid between the sums over those bounds (one per window: about 1/16 of
+    the pixels at ×4). A pixel is settled when the largest lower bound beats every other class's upper
+    bound by DECISION_MARGIN (as `_block_labels`): far above the float error of scores and interpolation,
+    so the argmax of the scores computed in full is that class."""
+    height, width = mask_logits.shape[-2:]
+    (crop_h, crop_w), (out_h, out_w) = _checked_sizes((4 * height, 4 * width), image_size, output_size)
+    row_start, row_span = _window_starts(*_axis_support(height, crop_h, out_h), height)
+    col_start, col_span = _window_starts(*_axis_support(width, crop_w, out_w), width)
+    bounds = []
+    for reduce in (torch.minimum, torch.maximum):
+        rows_reduced = _sliding_extreme(mask_logits, 1, row_span, reduce)
+        bounds.append(_sliding_extreme(rows_reduced, 2, col_span, reduce).sigmoid().flatten(1))
+    indices, rows, rival_mass = candidates if candidates is not None else (None, class_probs_t, 0.0)
+    best_lower, best = (rows @ bounds[0]).max(dim=0)
+    settled = best_lower > SETTLED_FLOOR
+    if rows.shape[0] > 1 or rival_mass > 0:
+        upper = (rows @ bounds[1]).scatter_(0, best[None], -math.inf)
+        rival = upper.max(dim=0).values.clamp_(min=rival_mass)
+        settled &= best_lower * (1.0 - DECISION_MARGIN) > rival * (1.0 + DECISION_MARGIN)
+    labels = best if indices is None else indices.index_select(0, best)
+    labels = torch.where(settled, labels, -1).view(height - row_span + 1, width - col_span + 1)
+    return labels.index_select(0, row_start.to(labels.device)).index_select(1, col_start.to(labels.device))
 
 
 def semantic_argmax_low_res(
@@ -344,46 +403,65 @@ def semantic_argmax_low_res(
     image_size: tuple[int, int],
     output_size: tuple[int, int],
     pixel_block: int | None = None,
+    tile: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Class map (H, W) long of the semantic rule on `masks_at_target(mask_logits, image_size, output_size)`
-    (the original's order with `sem_seg_postprocess_before_inference`), `pixel_block` pixels at a time.
-
-    The labels of `semantic_argmax(class_logits, masks_at_target(...))` (the same mask logits and
-    probabilities; the class scores are summed in another order, which can only matter at float ties)
-    without its full-size temporaries:
-    when the resize is the identity (`output_size == image_size`) the mask logits themselves are upsampled
-    band by band (bit-identical, see `_upsampled_rows`), otherwise the stack at the output size is built
-    once. Classes with little probability mass are scored only where they could win
-    (`_candidate_classes`).
-    """
+    """Class map (H, W) long: `semantic_argmax(class_logits, masks_at_target(...))` (the original's order
+    with `sem_seg_postprocess_before_inference`; scores summed in another order, which can only matter at
+    float ties), mostly without computing it. Pixels that class bounds settle (`_settled_labels`: most of a
+    trained model's, away from segment borders) take the bound's class; the others are scored exactly,
+    `pixel_block` at a time, upsampled (for an identity resize) only in the `tile`s that hold them (rows,
+    columns; default: settings postprocess_semantic_tile_rows/cols), else from the full stack. Classes
+    with little mass are scored only where they could win (`_candidate_classes`)."""
     class_probs = class_logits.softmax(dim=-1)[:, :-1]
     class_probs_t = class_probs.t().contiguous()
     num_queries, height, width = mask_logits.shape
     (crop_h, crop_w), (out_h, out_w) = _checked_sizes((4 * height, 4 * width), image_size, output_size)
     candidates = _candidate_classes(class_probs)
-    device = mask_logits.device
-    labels = torch.empty((out_h, out_w), dtype=torch.long, device=device)
-    pixel_block = runtime_setting("postprocess_semantic_block") if pixel_block is None else pixel_block
-    block = max(int(pixel_block), out_w)
-    if block < out_h * out_w:
-        count_blocked("semantic_argmax_low_res")
-    # bands: at least 4 output rows, and wide enough that F.interpolate keeps its per-pixel kernel
-    if (out_h, out_w) == (crop_h, crop_w) and 4 * width > 128:
-        # bands of whole low-resolution rows (multiples of 4 output rows) keep the extra rows few
-        step = max(4, block // out_w // 4 * 4)
-        probs = torch.empty((num_queries, step * out_w), dtype=mask_logits.dtype, device=device)
-        for r0 in range(0, out_h, step):
-            r1 = min(r0 + step, out_h)
-            band = _upsampled_rows(mask_logits, (r0, r1), out_w)
-            labels[r0:r1] = _block_labels(class_probs_t, candidates, band, probs).view(r1 - r0, out_w)
+    labels = _settled_labels(class_probs_t, candidates, mask_logits, image_size, output_size)
+    open_map = labels.lt(0)
+    if not bool(open_map.any()):
         return labels
-    flat = masks_at_target(mask_logits, image_size, output_size).reshape(num_queries, -1)
-    probs = torch.empty((num_queries, min(block, flat.shape[1])), dtype=flat.dtype, device=device)
-    out = labels.view(-1)
-    for start in range(0, flat.shape[1], block):
-        out[start : start + block] = _block_labels(
-            class_probs_t, candidates, flat[:, start : start + block], probs
-        )
+    pixel_block = int(runtime_setting("postprocess_semantic_block") if pixel_block is None else pixel_block)
+    block = max(16, min(pixel_block, out_h * out_w))
+    scratch = [mask_logits.new_empty((num_queries, block))]  # sigmoid buffer, reused
+
+    def score_into(out: torch.Tensor, logits: torch.Tensor, is_open: torch.Tensor) -> None:
+        """Labels of the open pixels of (Q, N) / (Q, R, C) `logits` into `out` (N,) / (R, C): all at once
+        when most are open, else only those gathered."""
+        count = int(is_open.sum())
+        if scratch[0].shape[1] < is_open.numel():
+            scratch[0] = mask_logits.new_empty((num_queries, is_open.numel()))
+        probs = scratch[0]
+        if 2 * count >= is_open.numel():
+            out.copy_(_block_labels(class_probs_t, candidates, logits, probs).view(out.shape))
+        elif count:
+            where = is_open.nonzero().unbind(1)
+            out[where] = _block_labels(class_probs_t, candidates, logits[(slice(None), *where)], probs)
+
+    if (out_h, out_w) != (crop_h, crop_w) or 4 * (height + width) <= 128 or num_queries <= 4:  # (Q = 3)
+        flat = masks_at_target(mask_logits, image_size, output_size).reshape(num_queries, -1)
+        if flat.shape[1] > block:
+            count_blocked("semantic_argmax_low_res")
+        for start in range(0, flat.shape[1], block):
+            part = slice(start, start + block)
+            score_into(labels.view(-1)[part], flat[:, part], open_map.view(-1)[part])
+        return labels
+    # tiles of whole low-resolution rows and columns, no larger than the image, of at most `pixel_block`
+    # pixels (at least 4 x 4); bands of whole rows when most tiles hold open pixels (no window overlap)
+    tile_h, tile_w = tile or (runtime_setting(f"postprocess_semantic_tile_{a}") for a in ("rows", "cols"))
+    tile_w = max(4, min(int(tile_w), out_w + 3, pixel_block) // 4 * 4)
+    tile_h = max(4, min(int(tile_h), out_h + 3, pixel_block // tile_w) // 4 * 4)
+    padded_open = F.pad(open_map, (0, -out_w % tile_w, 0, -out_h % tile_h))
+    tiles = padded_open.view(padded_open.shape[0] // tile_h, tile_h, -1, tile_w).any(3).any(1)
+    if float(tiles.float().mean()) > TILE_FALLBACK:
+        tile_w, tile_h = out_w, max(4, min(out_h + 3, pixel_block // out_w) // 4 * 4)
+        tiles = torch.ones((-(-out_h // tile_h), 1), dtype=torch.bool)
+    if tiles.numel() > 1:
+        count_blocked("semantic_argmax_low_res")
+    for r0, c0 in (tiles.nonzero() * torch.tensor([tile_h, tile_w], device=tiles.device)).tolist():
+        r1, c1 = min(r0 + tile_h, out_h), min(c0 + tile_w, out_w)
+        up, (dr, dc) = _upsampled_window(mask_logits, (r0, r1), (c0, c1), min_size=128)
+        score_into(labels[r0:r1, c0:c1], up[:, dr : dr + r1 - r0, dc : dc + c1 - c0], open_map[r0:r1, c0:c1])
     return labels
 
 
@@ -542,20 +620,12 @@ def instance_detections(
     output_size: tuple[int, int] | None = None,
     chunk: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The original instance rule with one binary mask per distinct query (see `instance_inference`).
-
-    Only the queries of the top-k pairs get masks (and with `score_threshold`, only pairs whose class
-    probability can still reach it, since a mask score is at most 1), `chunk` queries at a time.
-
-    Args:
-        mask_logits: (Q, H, W) at the output size, or a function from query indices to their (n, H, W)
-            logits at the output size (then `output_size` (H, W) is required).
-
-    Returns:
-        dict of "scores" (N,), "labels" (N,), "queries" (N,) sorted by decreasing score, "masks" (U, H, W)
-        bool: the binary masks of the distinct queries, and "mask_index" (N,): the row of "masks" of
-        each detection.
-    """
+    """The original instance rule (see `instance_inference`) with one binary mask per distinct query, for
+    the queries of the top-k pairs only (with `score_threshold`, of pairs whose class probability can still
+    reach it), `chunk` queries at a time. `mask_logits`: (Q, H, W) at the output size, or a function from
+    query indices to their (n, H, W) logits (then `output_size` is required). Returns "scores", "labels",
+    "queries" (N,) by decreasing score, "masks" (U, H, W) bool of the distinct queries and "mask_index"
+    (N,), the row of "masks" of each detection."""
     num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
     if output_size is None:
         output_size = tuple(mask_logits.shape[-2:])
