@@ -711,6 +711,9 @@ def machine_info(threads: int, device: torch.device) -> list[str]:
     return info
 
 
+HAND_WRITTEN = "## Analysis (written by hand"
+
+
 def render(report: Report, args, threads: int, device: torch.device, elapsed: float) -> str:
     lines = ["# Benchmarks: m2f_hf vs transformers' Mask2Former", ""]
     lines += [f"- {x}" for x in machine_info(threads, device)]
@@ -878,8 +881,13 @@ def main(argv: list[str] | None = None) -> int:
     report.format_flops(max(peak, end_peak))
     elapsed = time.perf_counter() - start
     text = render(report, args, threads, device, elapsed)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # the hand-written analysis at the end of an existing file stays (the table above it is replaced)
+    previous = output.read_text() if output.is_file() else ""
+    if HAND_WRITTEN in previous:
+        text = text.rstrip("\n") + "\n\n" + previous[previous.index(HAND_WRITTEN) :]
+    output.write_text(text)
     print(text)
     return 0
 
