@@ -138,6 +138,7 @@ SUPPORT_SIZES = [
     ((1, 40), (3, 157), (3, 157)),
     ((33, 1), (130, 2), (517, 5)),
     ((40, 12), (160, 45), (7, 3)),
+    ((9, 13), (33, 49), (33, 50)),  # one axis resized only
 ]
 
 
@@ -184,6 +185,16 @@ def test_settled_pixels_are_the_reference_labels_and_most_of_a_model_like_map(lo
     # flat scores (every class equal everywhere) settle nothing: the exact pass decides ties
     tie = pp._settled_labels(torch.full((3, 2), 0.5), None, torch.zeros(2, 20, 30), (80, 120), (80, 120))
     assert bool((tie == -1).all())
+
+
+def test_bounds_are_skipped_where_they_would_settle_nothing():
+    # model-like logits: the bounds are computed; independent noise at every position: skipped (the
+    # exact pass alone, same labels; `test_semantic_tiles_equal_the_full_stack_rule` covers both)
+    for noise, expected in ((0.0, True), (60.0, False)):
+        class_logits, mask_logits = model_like_logits(1, 40, 25, (48, 64), noise=noise)
+        probs = class_logits.softmax(-1)[:, :-1]
+        candidates = pp._candidate_classes(probs)
+        assert pp._bounds_pay(probs.t().contiguous(), candidates, mask_logits) is expected
 
 
 @pytest.mark.parametrize("queries", [1, 3, 12, 40])

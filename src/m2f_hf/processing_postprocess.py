@@ -71,6 +71,7 @@ CANDIDATE_MASS = 0.05
 DECISION_MARGIN = 1e-4
 SETTLED_FLOOR = 1e-30  # bounds below this settle nothing (denormal or zero sigmoids: no relative margin)
 TILE_FALLBACK = 0.6  # above this fraction of open tiles, bands of whole rows (tiles overlap ~1.3x)
+BOUNDS_WORTH = 0.1  # the semantic bounds are computed when they settle at least this share (`_bounds_pay`)
 
 
 def check_task(task: str) -> str:
@@ -314,12 +315,11 @@ def _block_labels(
 def _upsampled_window(
     mask_logits: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], min_size: int = 0
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(window (Q, R, C) of `upsample_to_padded(mask_logits)` holding output rows [r0, r1) and columns
-    [c0, c1), position of (r0, c0) in it), upsampled from the input rows and columns it needs: with the
-    scale exactly 1/4, output row i's source position is i/4 - 3/8, in a window from input row a it is
-    (i - 4a)/4 - 3/8 (exact in float), and no needed row meets the border clamping, so the values are
-    bit-identical (columns alike). The window grows until its height + width exceeds `min_size` (so that
-    F.interpolate keeps its per-pixel kernel, see `_generic_bilinear`; callers avoid Q == 3)."""
+    """(window of `upsample_to_padded(mask_logits)` holding output rows [r0, r1), columns [c0, c1), where
+    (r0, c0) is in it), from the input rows and columns it needs: output row i's source position i/4 - 3/8
+    is (i - 4a)/4 - 3/8 in a window from input row a (exact in float), and no needed row meets the border
+    clamping, so the values are bit-identical (columns alike). The window grows to a height + width above
+    `min_size` (F.interpolate's per-pixel kernel, see `_generic_bilinear`; callers avoid Q == 3)."""
     height, width = mask_logits.shape[-2:]
     a, b = max(rows[0] // 4 - 1, 0), min((rows[1] - 1) // 4 + 2, height)
     c, d = max(cols[0] // 4 - 1, 0), min((cols[1] - 1) // 4 + 2, width)
@@ -369,14 +369,12 @@ def _settled_labels(
     image_size: tuple[int, int],
     output_size: tuple[int, int],
 ) -> torch.Tensor:
-    """Semantic labels (H, W) at `output_size` that bounds settle without upsampling; -1 elsewhere.
-
-    Each value of `masks_at_target` is a convex combination of the low-resolution logits of its support
-    window (`_axis_support`), so its sigmoid lies between theirs at the window's minimum and maximum and
-    each class score Σ_q p[q, c]·sigmoid between the sums over those bounds (one per window: about 1/16 of
-    the pixels at ×4). A pixel is settled when the largest lower bound beats every other class's upper
-    bound by DECISION_MARGIN (as `_block_labels`): far above the float error of scores and interpolation,
-    so the argmax of the scores computed in full is that class."""
+    """Semantic labels (H, W) at `output_size` that bounds settle without upsampling; -1 elsewhere. Each
+    value of `masks_at_target` is a convex combination of the low-resolution logits of its support window
+    (`_axis_support`), so each class score Σ_q p[q, c]·sigmoid lies between the sums over the window's
+    minimum and maximum (sigmoid is monotone; one window per low-res position). A pixel is settled when the
+    largest lower bound beats every other class's upper bound by DECISION_MARGIN (as `_block_labels`), far
+    above the float error of scores and interpolation: the full computation's argmax is that class."""
     height, width = mask_logits.shape[-2:]
     (crop_h, crop_w), (out_h, out_w) = _checked_sizes((4 * height, 4 * width), image_size, output_size)
     row_start, row_span = _window_starts(*_axis_support(height, crop_h, out_h), height)
@@ -385,7 +383,7 @@ def _settled_labels(
     for reduce in (torch.minimum, torch.maximum):
         rows_reduced = _sliding_extreme(mask_logits, 1, row_span, reduce)
         bounds.append(_sliding_extreme(rows_reduced, 2, col_span, reduce).sigmoid().flatten(1))
-    indices, rows, rival_mass = candidates if candidates is not None else (None, class_probs_t, 0.0)
+    indices, rows, rival_mass = candidates or (None, class_probs_t, 0.0)
     best_lower, best = (rows @ bounds[0]).max(dim=0)
     settled = best_lower > SETTLED_FLOOR
     if rows.shape[0] > 1 or rival_mass > 0:
@@ -395,6 +393,14 @@ def _settled_labels(
     labels = best if indices is None else indices.index_select(0, best)
     labels = torch.where(settled, labels, -1).view(height - row_span + 1, width - col_span + 1)
     return labels.index_select(0, row_start.to(labels.device)).index_select(1, col_start.to(labels.device))
+
+
+def _bounds_pay(class_probs_t: torch.Tensor, candidates, mask_logits: torch.Tensor) -> bool:
+    """Whether `_settled_labels` settles BOUNDS_WORTH of the pixels, judged on four 4-row strips (cheap)."""
+    height, size = mask_logits.shape[-2], (16, 4 * mask_logits.shape[-1])
+    strips = [mask_logits[:, s : s + 4] for s in range(0, height - 3, max(height // 4, 1))][:4]
+    settled = [_settled_labels(class_probs_t, candidates, x, size, size).ge(0).float().mean() for x in strips]
+    return height < 16 or float(sum(settled)) >= BOUNDS_WORTH * len(strips)
 
 
 def semantic_argmax_low_res(
@@ -417,22 +423,26 @@ def semantic_argmax_low_res(
     num_queries, height, width = mask_logits.shape
     (crop_h, crop_w), (out_h, out_w) = _checked_sizes((4 * height, 4 * width), image_size, output_size)
     candidates = _candidate_classes(class_probs)
-    labels = _settled_labels(class_probs_t, candidates, mask_logits, image_size, output_size)
+    if _bounds_pay(class_probs_t, candidates, mask_logits):
+        labels = _settled_labels(class_probs_t, candidates, mask_logits, image_size, output_size)
+    else:
+        labels = torch.full((out_h, out_w), -1, dtype=torch.long, device=mask_logits.device)
     open_map = labels.lt(0)
     if not bool(open_map.any()):
         return labels
     pixel_block = int(runtime_setting("postprocess_semantic_block") if pixel_block is None else pixel_block)
     block = max(16, min(pixel_block, out_h * out_w))
-    scratch = [mask_logits.new_empty((num_queries, block))]  # sigmoid buffer, reused
+    # sigmoid buffer, reused; viewed (Q, n) contiguous (a power-of-two row stride makes the products slow)
+    scratch = [mask_logits.new_empty(num_queries * block)]
 
     def score_into(out: torch.Tensor, logits: torch.Tensor, is_open: torch.Tensor) -> None:
-        """Labels of the open pixels of (Q, N) / (Q, R, C) `logits` into `out` (N,) / (R, C): all at once
-        when most are open, else only those gathered."""
-        count = int(is_open.sum())
-        if scratch[0].shape[1] < is_open.numel():
-            scratch[0] = mask_logits.new_empty((num_queries, is_open.numel()))
-        probs = scratch[0]
-        if 2 * count >= is_open.numel():
+        """Labels of the open pixels of (Q, N) / (Q, R, C) `logits` into `out`: all if most are open."""
+        count, size = int(is_open.sum()), is_open.numel()
+        size = size if 2 * count >= size else count
+        if scratch[0].numel() < num_queries * size:
+            scratch[0] = mask_logits.new_empty(num_queries * size)
+        probs = scratch[0][: num_queries * size].view(num_queries, size)
+        if size == is_open.numel():
             out.copy_(_block_labels(class_probs_t, candidates, logits, probs).view(out.shape))
         elif count:
             where = is_open.nonzero().unbind(1)
@@ -679,21 +689,11 @@ def instance_inference(
     mask_threshold: float = 0.5,
     score_threshold: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The original instance rule: top-k (query, class) pairs, mask = logit > 0, score = class prob × mean
-    mask probability inside the mask.
-
-    Args:
-        class_logits: (Q, K+1); mask_logits: (Q, H, W) at the output size.
-        topk: number of (query, class) pairs kept (the original's `test_topk_per_image`).
-        thing_classes: (K,) bool; when given only thing classes are kept (the original does this when
-            panoptic inference is on).
-        mask_threshold: probability threshold of the binary mask (0.5 = the original's logit > 0).
-        score_threshold: drop instances whose final score is below it (None = keep all, the original).
-
-    Returns:
-        dict of "scores" (N,), "labels" (N,), "queries" (N,) and "masks" (N, H, W) bool, sorted by
-        decreasing score.
-    """
+    """The original instance rule: top-k (query, class) pairs of (Q, K+1) `class_logits` (only thing classes
+    when `thing_classes` (K,) bool is given, as the original with panoptic inference on), mask = logit > 0
+    (`mask_threshold` 0.5) of (Q, H, W) `mask_logits` at the output size, score = class probability × mean
+    mask probability inside the mask; `score_threshold` drops lower scores (None: keep all, the original).
+    Returns "scores", "labels", "queries" (N,) and "masks" (N, H, W) bool, by decreasing score."""
     found = instance_detections(
         class_logits, mask_logits, topk, thing_classes, mask_threshold, score_threshold
     )
