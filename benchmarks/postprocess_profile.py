@@ -2,7 +2,7 @@
 semantic, instance and panoptic post-processing of one 800x1333 image (100 queries, 133 classes; class
 logits peaked as in benchmarks/benchmark.py so that queries pass the 0.8 thresholds).
 
-    python benchmarks/postprocess_profile.py [--size 800 1333] [--target 600 1000] [--masks smooth]
+    python benchmarks/postprocess_profile.py [--size 800 1333] [--target 600 1000] [--masks demo]
                                              [--threads 2] [--top 8]
 
 `--masks noise` (default) gives every low-resolution mask logit independent noise (N(0, 16)): no pixel

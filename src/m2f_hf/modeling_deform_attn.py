@@ -30,6 +30,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from .layers_blocks import blockwise_inference, count_blocked, needs_grad, tracing
 from .layers_config import KERNEL_ENV, deformable_kernel, on_kernel_change
@@ -411,16 +412,16 @@ class MSDeformAttn(nn.Module):
         return grid.view(-1)
 
     def reset_parameters(self) -> None:
-        """The original initialisation: offsets start on a ring of directions, uniform attention."""
-        nn.init.constant_(self.sampling_offsets.weight, 0.0)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(self.offset_grid().to(self.sampling_offsets.bias))
-        nn.init.constant_(self.attention_weights.weight, 0.0)
-        nn.init.constant_(self.attention_weights.bias, 0.0)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.constant_(self.value_proj.bias, 0.0)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.constant_(self.output_proj.bias, 0.0)
+        """The original initialisation: offsets start on a ring of directions, uniform attention. Through
+        `transformers.initialization`, so a tensor already loaded (marked `_is_hf_initialized`) keeps its
+        values when `_init_weights` calls this."""
+        init.constant_(self.sampling_offsets.weight, 0.0)
+        init.copy_(self.sampling_offsets.bias, self.offset_grid().to(self.sampling_offsets.bias))
+        init.constant_(self.attention_weights.weight, 0.0)
+        init.constant_(self.attention_weights.bias, 0.0)
+        for proj in (self.value_proj, self.output_proj):
+            init.xavier_uniform_(proj.weight)
+            init.constant_(proj.bias, 0.0)
 
     def forward(
         self,

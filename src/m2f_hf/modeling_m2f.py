@@ -140,13 +140,7 @@ class Mask2FormerPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """The original's initialisation (xavier for attention/convs, Deformable-DETR offsets)."""
         if isinstance(module, MSDeformAttn):  # the original's (Deformable DETR) initialisation
-            init.constant_(module.sampling_offsets.weight, 0.0)
-            init.copy_(module.sampling_offsets.bias, module.offset_grid())
-            init.constant_(module.attention_weights.weight, 0.0)
-            init.constant_(module.attention_weights.bias, 0.0)
-            for proj in (module.value_proj, module.output_proj):
-                init.xavier_uniform_(proj.weight)
-                init.constant_(proj.bias, 0.0)
+            module.reset_parameters()
         elif isinstance(module, DeformableTransformer):
             init.normal_(module.level_embed)
             for layer in module.encoder.layers:

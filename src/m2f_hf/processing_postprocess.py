@@ -398,9 +398,11 @@ def _settled_labels(
 def _bounds_pay(class_probs_t: torch.Tensor, candidates, mask_logits: torch.Tensor) -> bool:
     """Whether `_settled_labels` settles BOUNDS_WORTH of the pixels, judged on four 4-row strips (cheap)."""
     height, size = mask_logits.shape[-2], (16, 4 * mask_logits.shape[-1])
-    strips = [mask_logits[:, s : s + 4] for s in range(0, height - 3, max(height // 4, 1))][:4]
+    if height < 16:
+        return True
+    strips = [mask_logits[:, s : s + 4] for s in range(0, height - 3, height // 4)][:4]
     settled = [_settled_labels(class_probs_t, candidates, x, size, size).ge(0).float().mean() for x in strips]
-    return height < 16 or float(sum(settled)) >= BOUNDS_WORTH * len(strips)
+    return float(sum(settled)) >= BOUNDS_WORTH * len(strips)
 
 
 def semantic_argmax_low_res(
